@@ -1,0 +1,75 @@
+import random
+
+import numpy as np
+import pytest
+
+from pairedit import world
+from pairedit.world import EDIT_TYPES, Edit, EditNotApplicable, Obj, Scene, WorldError, apply_edit, render
+
+
+def test_catalogue_size_and_wordings():
+    assert len(EDIT_TYPES) >= 25
+    assert {spec.category for spec in EDIT_TYPES.values()} == set(world.CATEGORIES)
+    assert all(len(spec.wordings) >= 3 for spec in EDIT_TYPES.values())
+    assert len(world.SHAPES) >= 6 and len(world.COLORS) >= 8 and len(world.SIZES) == 3
+    assert len(world.BACKGROUNDS) >= 4 and len(world.DRAWING_STYLES) >= 3
+
+
+def test_deterministic_per_seed():
+    a = [world.random_pair(random.Random(5)) for _ in range(3)]
+    b = [world.random_pair(random.Random(5)) for _ in range(3)]
+    assert a == b
+    for pa, pb in zip(a, b):
+        for ia, ib in zip(pa.images(), pb.images()):
+            assert np.array_equal(np.asarray(ia), np.asarray(ib))
+    c = world.random_pair(random.Random(6))
+    assert c != a[0]
+
+
+def test_edits_are_exact():
+    scene = Scene("plain", (Obj("circle", "blue", "medium", 0.3, 0.3), Obj("star", "red", "small", 0.7, 0.7)))
+    after = apply_edit(scene, Edit("recolor_green", target="circle"))
+    assert after.objects[0].color == "green" and after.objects[1] == scene.objects[1]
+    assert after.caption == "a photo of a medium green circle and a small red star on a plain background"
+    # the after-image differs from the before-image only inside the circle's mask
+    diff = np.abs(np.asarray(render(after), float) - np.asarray(render(scene), float)).sum(axis=2) > 0
+    mask = world.object_masks(scene)[0]
+    assert diff.any() and not (diff & ~np.pad(mask, 1)[1:-1, 1:-1] & ~_dilate(mask)).any()
+    assert apply_edit(scene, Edit("remove", target="star")).objects == scene.objects[:1]
+    assert apply_edit(scene, Edit("drawing", value="ink")).style == "ink"
+
+
+def _dilate(m):
+    out = m.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            out |= np.roll(np.roll(m, dy, 0), dx, 1)
+    return out
+
+
+def test_bad_input_is_named():
+    with pytest.raises(WorldError, match="unknown shape 'blob'"):
+        Obj("blob", "red", "small", 0.5, 0.5)
+    scene = Scene("plain", (Obj("circle", "blue", "medium", 0.3, 0.3),))
+    with pytest.raises(EditNotApplicable, match="no star"):
+        apply_edit(scene, Edit("remove", target="star"))
+    with pytest.raises(WorldError, match="unknown edit type"):
+        Edit("explode")
+
+
+def test_splits_are_disjoint_and_fixed():
+    rng = random.Random(0)
+    test_scenes = [world.random_scene(rng, "test") for _ in range(50)]
+    assert all(s.split == "test" for s in test_scenes)
+    train_pairs = [world.random_pair(rng, "train") for _ in range(300)]
+    assert all(p.before.split == "train" and not world.is_heldout_combo(p.edit) for p in train_pairs)
+    heldout = [Edit(t, target=s) for t, spec in EDIT_TYPES.items() if spec.needs_target for s in world.SHAPES
+               if world.is_heldout_combo(Edit(t, target=s))]
+    assert 0.08 < len(heldout) / sum(len(world.SHAPES) for s in EDIT_TYPES.values() if s.needs_target) < 0.25
+
+
+def test_direction_pairs_share_the_edit():
+    edit = Edit("recolor_red", target="square")
+    pairs = world.direction_pairs(edit, 4, seed=1)
+    assert len({p.before.key for p in pairs}) == 4
+    assert all(p.edit == edit and p.before.split == "test" for p in pairs)
