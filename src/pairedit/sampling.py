@@ -51,6 +51,16 @@ def guided_eps(unet, z_t: torch.Tensor, t, image_cond: torch.Tensor, cond: torch
     img = torch.cat([image_cond, image_cond, torch.zeros_like(image_cond)])
     txt = torch.cat([cond.expand(b, -1, -1), uncond.expand(b, -1, -1), uncond.expand(b, -1, -1)])
     e_full, e_img, e_none = unet(torch.cat([z, img], dim=1), t, encoder_hidden_states=txt).sample.chunk(3)
+    return combine_guidance(e_full, e_img, e_none, s_text, s_image)
+
+
+def combine_guidance(e_full: torch.Tensor, e_img: torch.Tensor, e_none: torch.Tensor, s_text: float,
+                     s_image: float) -> torch.Tensor:
+    """The two-scale guidance of InstructPix2Pix Eq. 3 from the three branch predictions.
+
+    Separate from ``guided_eps`` so a caller that runs the branches itself (VISII's guided loss
+    runs the instruction-independent ones under no_grad) combines them with the same formula.
+    """
     return e_none + s_image * (e_img - e_none) + s_text * (e_full - e_img)
 
 
