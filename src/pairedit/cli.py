@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # --- VISII: learn / apply / demo (pairedit.visii) ---
+    from . import visii
+
+    visii.add_cli(sub)
     # --- text editing and inversion: edit / sdedit / invert (pairedit.editing, pairedit.inversion) ---
     # --- training the embedded default: train (pairedit.train) ---
     from . import train

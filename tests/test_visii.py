@@ -1,0 +1,222 @@
+"""VISII learning and applying on tiny random-weight models (code paths), and on the bundled
+models (behaviour; skipped until they are built)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import requires_bundled
+from pairedit import visii, world
+from pairedit.errors import UserError
+from pairedit.sampling import encode_text
+
+INIT = "make it a watercolor painting"
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Watercolor pairs from held-out scenes (64×64; learning fits them to the tiny model's 32×32)."""
+    return [p.images() for p in world.direction_pairs(world.Edit("style_watercolor"), 3, seed=0)]
+
+
+def _learn(tiny, pairs, steps=3, **kw):
+    config = visii.VisiiConfig(steps=steps, **kw.pop("config", {}))
+    return visii.learn(tiny.ip2p, tiny.clip, tiny.processor, pairs, config, init_text=kw.pop("init_text", INIT),
+                       progress=False, **kw)
+
+
+def test_only_the_ins_span_changes(tiny, pairs):
+    inst = _learn(tiny, pairs[:1], steps=3, config=dict(lr=0.05))
+    base = encode_text(tiny.ip2p, INIT)
+    _, start, end = visii.ins_span(tiny.ip2p, INIT)
+    assert (inst.start, inst.end) == (start, end) == (1, end)
+    assert torch.equal(inst.cond[:, :start], base[:, :start])  # start-of-text frozen
+    assert torch.equal(inst.cond[:, end:], base[:, end:])  # end-of-text and padding frozen
+    assert not torch.allclose(inst.cond[:, start:end], base[:, start:end])  # <ins> learned
+    assert len(inst.losses) == 3 and all(np.isfinite(inst.losses))
+
+
+def test_learning_leaves_models_untouched(tiny, pairs):
+    unet_before = {k: v.clone() for k, v in tiny.ip2p.unet.state_dict().items()}
+    flags = [p.requires_grad for p in tiny.ip2p.unet.parameters()]
+    _learn(tiny, pairs[:1], steps=2)
+    assert flags == [p.requires_grad for p in tiny.ip2p.unet.parameters()]
+    assert all(torch.equal(v, tiny.ip2p.unet.state_dict()[k]) for k, v in unet_before.items())
+    assert all(p.grad is None for p in tiny.ip2p.unet.parameters())
+
+
+def test_pez_caption_initialises(tiny, pairs):
+    inst = _learn(tiny, pairs[:1], steps=1, init_text=None, config=dict(caption_steps=10, caption_tokens=4))
+    assert isinstance(inst.init_text, str) and inst.init_text
+    assert inst.end > inst.start == 1
+
+
+def test_noise_table_one_noise_per_timestep(tiny, pairs):
+    inst = _learn(tiny, pairs, steps=5)
+    ts = inst.noise_timesteps
+    assert ts.dtype == torch.int64 and len(ts) == len(set(ts.tolist())) <= 5
+    assert torch.equal(ts, ts.sort().values) and int(ts.min()) >= 0 and int(ts.max()) < 1000
+    assert inst.noise_table.shape == (len(ts), 4, 16, 16)
+
+
+def test_learning_is_deterministic_per_seed(tiny, pairs):
+    a, b = _learn(tiny, pairs, steps=2), _learn(tiny, pairs, steps=2)
+    c = _learn(tiny, pairs, steps=2, config=dict(seed=1))
+    assert torch.equal(a.cond, b.cond) and torch.equal(a.noise_table, b.noise_table)
+    assert not torch.equal(a.noise_timesteps, c.noise_timesteps) or not torch.equal(a.noise_table, c.noise_table)
+
+
+def test_resume_equivalence(tiny, pairs, tmp_path):
+    straight = _learn(tiny, pairs, steps=6, config=dict(lr=0.01))
+    ckpt = tmp_path / "edit.ckpt.safetensors"
+
+    def interrupt(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _learn(tiny, pairs, steps=6, config=dict(lr=0.01), checkpoint=ckpt, callback=interrupt)
+    assert ckpt.exists()
+    # The resumed run takes its settings from the checkpoint (a different lr here is ignored).
+    resumed = _learn(tiny, pairs, steps=6, config=dict(lr=0.5), resume=ckpt)
+    assert torch.allclose(straight.cond, resumed.cond, atol=1e-6)
+    assert torch.equal(straight.noise_timesteps, resumed.noise_timesteps)
+    assert torch.equal(straight.noise_table, resumed.noise_table)
+    assert np.allclose(straight.losses, resumed.losses)
+
+
+def test_resume_refuses_other_pairs(tiny, pairs, tmp_path):
+    ckpt = tmp_path / "c.safetensors"
+
+    def interrupt(step, loss):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _learn(tiny, pairs[:1], steps=3, checkpoint=ckpt, callback=interrupt)
+    with pytest.raises(UserError, match="other example images"):
+        _learn(tiny, pairs[1:2], steps=3, resume=ckpt)
+
+
+def _count_unet_calls(unet):
+    calls = []
+    handle = unet.register_forward_hook(lambda m, i, o: calls.append((torch.is_grad_enabled(), o.sample.requires_grad)))
+    return calls, handle
+
+
+@pytest.mark.parametrize("loss_on, expected", [("conditional", [(True, True)]),
+                                               ("guided", [(True, True), (False, False)])])
+def test_unet_calls_with_grad(tiny, pairs, loss_on, expected):
+    """Only the instruction-dependent branch runs with grad; (c_I, ∅) and (∅, ∅) under no_grad."""
+    calls, handle = _count_unet_calls(tiny.ip2p.unet)
+    try:
+        inst = _learn(tiny, pairs[:1], steps=2, config=dict(loss_on=loss_on))
+    finally:
+        handle.remove()
+    assert calls == expected * 2
+    assert inst.config["loss_on"] == loss_on
+
+
+def test_nan_loss_stops_with_user_error(tiny, pairs):
+    with pytest.raises(UserError, match="loss became nan"):
+        _learn(tiny, pairs[:1], steps=2, config=dict(lambda_mse=float("nan")))
+
+
+def test_clip_width_mismatch_names_both_models(tiny):
+    from types import SimpleNamespace
+
+    other = SimpleNamespace(text_projection=torch.nn.Linear(16, 8))
+    with pytest.raises(UserError, match="'my-clip'.*'my-model'"):
+        visii.check_clip(tiny.ip2p, other, "my-model", "my-clip")
+
+
+def test_config_rejects_unknown_loss():
+    with pytest.raises(UserError):
+        visii.VisiiConfig(loss_on="both")
+
+
+@pytest.fixture(scope="module")
+def learned(tiny, pairs):
+    return visii.learn(tiny.ip2p, tiny.clip, tiny.processor, pairs[:1], visii.VisiiConfig(steps=4), init_text=INIT,
+                       progress=False)
+
+
+def _arrays(images):
+    return [np.asarray(im, dtype=np.int16) for im in images]
+
+
+def test_fixed_noise_apply_is_deterministic(tiny, pairs, learned):
+    tests = [pairs[1][0], pairs[2][0]]
+    a = visii.apply(tiny.ip2p, learned, tests, steps=4, seed=0)
+    b = visii.apply(tiny.ip2p, learned, tests, steps=4, seed=123)  # seed is unused with fixed noise
+    assert len(a) == 2 and a[0].size == (32, 32)
+    assert all(np.array_equal(x, y) for x, y in zip(_arrays(a), _arrays(b)))
+
+
+def test_random_noise_depends_on_seed(tiny, pairs, learned):
+    tests = [pairs[1][0]]
+    a = visii.apply(tiny.ip2p, learned, tests, noise="random", seed=0, steps=4)
+    a2 = visii.apply(tiny.ip2p, learned, tests, noise="random", seed=0, steps=4)
+    b = visii.apply(tiny.ip2p, learned, tests, noise="random", seed=1, steps=4)
+    assert np.array_equal(_arrays(a)[0], _arrays(a2)[0])
+    assert not np.array_equal(_arrays(a)[0], _arrays(b)[0])
+
+
+def test_hybrid_conditioning_layout(tiny, learned):
+    words = "make it red"
+    cond = visii.hybrid_conditioning(tiny.ip2p, learned, words)
+    full = encode_text(tiny.ip2p, f"{INIT} {words}")
+    s, e = learned.start, learned.end
+    assert torch.equal(cond[:, :s], full[:, :s])
+    assert torch.equal(cond[:, s:e], learned.span)  # the learned <ins> tokens
+    assert torch.equal(cond[:, e:], full[:, e:])  # then the prompt's tokens, end-of-text, padding
+    assert not torch.equal(cond, learned.cond)
+    assert torch.equal(visii.hybrid_conditioning(tiny.ip2p, learned, "  "), learned.cond)
+
+
+def test_hybrid_apply_runs_and_differs(tiny, pairs, learned):
+    plain = visii.apply(tiny.ip2p, learned, [pairs[1][0]], steps=3)
+    hybrid = visii.apply(tiny.ip2p, learned, [pairs[1][0]], prompt="make it red", steps=3)
+    assert hybrid[0].size == plain[0].size
+    assert not np.array_equal(_arrays(plain)[0], _arrays(hybrid)[0])
+
+
+def test_fixed_noise_refuses_other_aspect_ratio(tiny, learned):
+    from PIL import Image
+
+    wide = Image.new("RGB", (64, 32), "white")
+    with pytest.raises(UserError, match="--noise random"):
+        visii.apply(tiny.ip2p, learned, [wide], steps=2)
+    assert visii.apply(tiny.ip2p, learned, [wide], noise="random", steps=2)[0].size == (64, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Behaviour on the bundled models
+
+
+@requires_bundled
+def test_bundled_learning_moves_toward_true_after():
+    """A short learn lowers the loss and moves a held-out test image toward its true after."""
+    from pairedit.images import fit, to_tensor
+    from pairedit.models import load_clip, load_ip2p
+
+    pipe = load_ip2p("bundled")
+    clip, processor = load_clip("bundled")
+    (b, a), tests, _ = visii.example_files()
+    from pairedit.images import load_image
+
+    example = (load_image(b), load_image(a))
+    test_before, test_after = (load_image(p) for p in tests[0])
+    inst = visii.learn(pipe, clip, processor, [example], visii.VisiiConfig(steps=100, caption_steps=100),
+                       progress=False)
+    losses = np.array(inst.losses)
+    assert losses[-20:].mean() < losses[:20].mean()
+
+    res = inst.resolution
+
+    def mse(im, ref):
+        return float(((to_tensor(fit(im, res)) - to_tensor(fit(ref, res))) ** 2).mean())
+
+    out = visii.apply(pipe, inst, [test_before])[0]
+    assert mse(out, test_after) < mse(test_before, test_after)
