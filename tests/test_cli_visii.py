@@ -159,3 +159,35 @@ def test_demo_runs(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--steps", "5"]) == 0
     assert (tmp_path / "demo_grid.png").exists()
     assert "demo_grid.png" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_matches(models, files, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from pairedit.instruction import load_instruction
+
+    pair = [files["before"], files["after"], "--steps", "4", "--init-text", "make it a watercolor painting", *models]
+    straight = tmp_path / "straight.safetensors"
+    assert main(["learn", *pair, "-o", str(straight)]) == 0
+
+    out = tmp_path / "edit.safetensors"
+    calls = []
+    step = torch.optim.AdamW.step
+
+    def interrupted_step(self, *a, **k):  # Ctrl-C arrives during the third step
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_step)
+    assert main(["learn", *pair, "-o", str(out)]) == 130
+    monkeypatch.undo()
+    ckpt = tmp_path / "edit.ckpt.safetensors"
+    assert ckpt.exists() and not out.exists()
+    assert f"--resume {ckpt}" in capsys.readouterr().err
+
+    assert main(["learn", *pair, "-o", str(out), "--resume", str(ckpt)]) == 0
+    a, b = load_instruction(straight), load_instruction(out)
+    assert torch.allclose(a.cond, b.cond, atol=1e-6) and torch.equal(a.noise_table, b.noise_table)
+    assert a.losses == pytest.approx(b.losses)
