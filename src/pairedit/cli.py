@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     visii.add_cli(sub)
     # --- text editing and inversion: edit / sdedit / invert (pairedit.editing, pairedit.inversion) ---
+    from . import editing, inversion
+
+    editing.add_cli(sub)
+    inversion.add_cli(sub)
     # --- training the embedded default: train (pairedit.train) ---
     from . import train
 
