@@ -452,9 +452,9 @@ def invert(pipe, image: Image.Image, method: str = "pti", prompt: str = "", conf
     # 3. Optimise the per-timestep embedding along the trajectory
     conds = unconds = None
     if method == "nti":
-        unconds = torch.stack(null_text_optimization(pipe, trajectory, schedule, cond, uncond, cfg, progress))
+        unconds = torch.stack(null_text_optimization(pipe, trajectory, schedule, cond, uncond, cfg, progress)).cpu()
     elif method == "pti":
-        conds = torch.stack(prompt_tuning(pipe, trajectory, schedule, cond, uncond, cfg, progress))
+        conds = torch.stack(prompt_tuning(pipe, trajectory, schedule, cond, uncond, cfg, progress)).cpu()
     return Inversion(method=method, config=cfg, prompt=prompt, timesteps=schedule.timesteps.cpu(),
                      latents=torch.stack(trajectory).cpu(), conds=conds, unconds=unconds,
                      fingerprint=fingerprint(pipe.unet))
