@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     editing.add_cli(sub)
     inversion.add_cli(sub)
     # --- training the embedded default: train (pairedit.train) ---
-    from . import train
+    from . import training
 
-    train.add_cli(sub)
+    training.add_cli(sub)
     # --- benchmark: bench (pairedit.bench) ---
     return parser
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ def build_tokenizer(lines: list[str], out_dir: str | Path, vocab_size: int = 102
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, end_of_word_suffix="</w>",
                                   show_progress=False, special_tokens=[])
-    tok.train_from_iterator([line.lower() for line in lines], trainer)
+    # Train on single words, split as CLIP's pre-tokenizer splits them, so no merge spans a space.
+    words = [w for line in lines for w in re.findall(r"[^\W\d_]+|\d|[^\s\w]+", line.lower())]
+    tok.train_from_iterator(words, trainer)
     learned = json.loads(tok.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in learned["merges"]]
     vocab: dict[str, int] = {}
@@ -172,17 +175,11 @@ def tiny_pipelines(seed: int = 0):
     common = dict(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, safety_checker=None,
                   feature_extractor=None, requires_safety_checker=False)
     ip2p = StableDiffusionInstructPix2PixPipeline(
-        unet=c.ip2p_unet, scheduler=EulerAncestralDiscreteScheduler(**_euler_config()), **common)
-    sd = StableDiffusionPipeline(unet=c.unet, scheduler=DDIMScheduler(**noise_schedule_config()), **common)
+        unet=c.ip2p_unet, scheduler=EulerAncestralDiscreteScheduler.from_config(noise_schedule_config()), **common)
+    sd = StableDiffusionPipeline(unet=c.unet, scheduler=DDIMScheduler.from_config(noise_schedule_config()), **common)
     processor = CLIPProcessor(image_processor=clip_image_processor(32), tokenizer=c.tokenizer)
     return ip2p, sd, c.clip, processor
 
-
-def _euler_config() -> dict:
-    cfg = noise_schedule_config()
-    for k in ("clip_sample", "set_alpha_to_one"):
-        cfg.pop(k)
-    return cfg
 
 
 def clip_image_processor(size: int):

@@ -529,12 +529,13 @@ def random_scene(rng: random.Random, split: str = "train", n_objects: int | None
 
 def random_edit(rng: random.Random, split: str = "train", types: tuple[str, ...] | None = None) -> Edit:
     """An edit direction: a category drawn uniformly, then a type in it, with its parameters."""
+    if types:
+        choices = list(types)
+    else:
+        category = rng.choice(CATEGORIES)
+        choices = [t for t, spec in EDIT_TYPES.items() if spec.category == category]
     for _ in range(1000):
-        if types:
-            et = rng.choice(types)
-        else:
-            category = rng.choice(CATEGORIES)
-            et = rng.choice([t for t, spec in EDIT_TYPES.items() if spec.category == category])
+        et = rng.choice(choices)
         spec = EDIT_TYPES[et]
         target = rng.choice(SHAPES) if spec.needs_target else None
         if et.startswith("replace_") and target == et.removeprefix("replace_"):

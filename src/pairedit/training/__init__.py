@@ -1,0 +1,83 @@
+"""Training the embedded default models (see ``trainers`` for the chain and docs/models.md for the run)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from .trainers import (
+    ClipTrainConfig,
+    IP2PTrainConfig,
+    T2ITrainConfig,
+    VaeTrainConfig,
+    export_bundle,
+    train_clip,
+    train_ip2p,
+    train_t2i,
+    train_tokenizer,
+    train_vae,
+)
+
+# Per-stage defaults for this CPU (steps, batch size, peak learning rate); docs/models.md records the runs.
+STAGES = {
+    "clip": (ClipTrainConfig, train_clip, dict(steps=1500, batch_size=128, lr=5e-4, weight_decay=0.1)),
+    "vae": (VaeTrainConfig, train_vae, dict(steps=1500, batch_size=32, lr=5e-4)),
+    "t2i": (T2ITrainConfig, train_t2i, dict(steps=4000, batch_size=64, lr=4e-4)),
+    "ip2p": (IP2PTrainConfig, train_ip2p, dict(steps=20000, batch_size=64, lr=3e-4)),
+}
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train the embedded default models (tokenizer, clip, vae, t2i, ip2p) and export the bundle",
+        description="Train one stage of the embedded default. Stages read earlier stages from --run; rerunning "
+                    "a stage resumes from its last checkpoint. Run under `accelerate launch -m pairedit.cli train ...` "
+                    "for several processes/GPUs.")
+    p.add_argument("stage", choices=["tokenizer", *STAGES, "export", "eval"],
+                   help="what to train; 'export' writes the bundle, 'eval' measures a bundle's quality gates")
+    p.add_argument("--run", default="runs/default", help="run folder for data, checkpoints and logs (default: runs/default)")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: per stage, see pairedit.training.STAGES)")
+    p.add_argument("--batch-size", type=int, help="batch size per process")
+    p.add_argument("--lr", type=float, help="peak learning rate (warm-up then cosine)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
+    p.add_argument("--base", default="", help="ip2p only: text-to-image checkpoint to start from (folder or hub id); "
+                                               "default: the run's own t2i model")
+    p.add_argument("--dest", default=None, help="export only: destination folder (default: the package's bundled/)")
+    p.add_argument("--models", default="bundled", help="eval only: 'bundled' or a folder with clip/, sd/, ip2p/")
+    p.add_argument("--only", default="clip,vae,t2i,ip2p,timing", help="eval only: comma-separated gates to run")
+    p.add_argument("--out", default="docs/models_eval", help="eval only: folder for results.json and sample grids")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if args.stage == "tokenizer":
+        train_tokenizer(run)
+        return 0
+    if args.stage == "eval":
+        import json
+
+        from .evaluate import evaluate_all
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        print(json.dumps(evaluate_all(args.models, Path(args.out), tuple(args.only.split(","))), indent=1))
+        return 0
+    if args.stage == "export":
+        export_bundle(run, **({"dest": Path(args.dest)} if args.dest else {}))
+        return 0
+    cls, fn, defaults = STAGES[args.stage]
+    values = dict(defaults, out=str(run / args.stage), seed=args.seed, ckpt_every=args.ckpt_every)
+    for name in ("steps", "batch_size", "lr", "threads"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.stage == "ip2p":
+        values["base"] = args.base
+    known = {f.name for f in fields(cls)}
+    fn(run, cls(**{k: v for k, v in values.items() if k in known}))
+    return 0

@@ -1,0 +1,201 @@
+"""What every trainer shares: a seeded, resumable, interruptible loop with checkpoints and logs.
+
+Checkpoints are safetensors (model, EMA and optimizer tensors) plus JSON (step, optimizer
+hyper-parameters, config), never pickles. A checkpoint is written every ``ckpt_every`` steps and on
+Ctrl-C, so an interrupted run loses at most one interval; rerunning the same command resumes.
+
+The loop runs under 🤗 Accelerate, so ``accelerate launch -m pairedit.cli train ...`` trains on
+several GPUs with the same code (each process draws its own batches: seeds include the rank).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..images import atomic_write
+
+
+@dataclass
+class LoopConfig:
+    out: str  # run folder: checkpoints, log.jsonl, exported model
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float | None = None  # EMA of weights for sampling (diffusion models)
+    seed: int = 0
+    ckpt_every: int = 250
+    log_every: int = 25
+    threads: int | None = None
+
+
+def lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return f
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.contiguous()
+            else:
+                meta["scalars"][f"{idx}.{k}"] = v
+    return tensors, meta
+
+
+def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, opt, ema, cfg) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".step_{step:07d}.tmp"
+    tmp.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    if ema is not None:
+        save_file({f"{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "ema.safetensors")
+    meta = {"step": step, "optimizer": opt_meta, "config": asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else cfg,
+            "ema_optimization_step": getattr(ema, "optimization_step", None)}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=str))
+    final = folder / f"step_{step:07d}"
+    if final.exists():
+        for f in final.iterdir():
+            f.unlink()
+        final.rmdir()
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step_*"))[:-2]:  # keep the last two
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted(p for p in folder.glob("step_*") if (p / "state.json").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(ckpt: Path, model, opt, ema) -> int:
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    meta = json.loads((ckpt / "state.json").read_text())
+    _unflatten_optimizer(opt, load_file(ckpt / "optimizer.safetensors"), meta["optimizer"])
+    if ema is not None and (ckpt / "ema.safetensors").exists():
+        shadow = load_file(ckpt / "ema.safetensors")
+        ema.shadow_params = [shadow[str(i)] for i in range(len(shadow))]
+        ema.optimization_step = meta.get("ema_optimization_step") or meta["step"]
+    return int(meta["step"])
+
+
+def load_weights(ckpt: Path, model: torch.nn.Module, ema: bool = True) -> torch.nn.Module:
+    """Model weights from a checkpoint folder: the EMA weights when present and ``ema``."""
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    if ema and (ckpt / "ema.safetensors").exists():
+        shadow = load_file(ckpt / "ema.safetensors")
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p, s in zip(params, [shadow[str(i)] for i in range(len(shadow))]):
+            p.data.copy_(s)
+    return model
+
+
+def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, torch.Generator], torch.Tensor],
+               name: str) -> torch.nn.Module:
+    """Optimise ``model`` for ``cfg.steps`` steps of ``loss_fn(step, generator)``; resumes from ``cfg.out``.
+
+    ``loss_fn`` draws its batch from ``generator``, which is re-seeded from (seed, rank, step) every
+    step: a resumed run sees exactly the batches the uninterrupted run would have seen.
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator()
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True) if cfg.ema_decay else None
+    start = 0
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, opt, ema)
+        accelerator.print(f"[{name}] resuming from {ckpt} (step {start})")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=-1)
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * lr_lambda(cfg)(start)
+    sched.last_epoch = start
+    model, opt = accelerator.prepare(model, opt)
+    gen = torch.Generator()
+    log_path = out / "log.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name,
+               disable=not accelerator.is_main_process, mininterval=5)
+    step, t0, running = start, time.time(), []
+
+    def checkpoint(at: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, at, accelerator.unwrap_model(model), opt, ema, cfg)
+
+    try:
+        for step in bar:
+            gen.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
+            model.train()
+            loss = loss_fn(step, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{name}] loss is {loss.item()} at step {step}")
+            accelerator.backward(loss)
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(params)
+            running.append(loss.item())
+            if (step + 1) % cfg.log_every == 0 and accelerator.is_main_process:
+                rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
+                       "sec_per_step": (time.time() - t0) / len(running)}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                running, t0 = [], time.time()
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                checkpoint(step + 1)
+    except KeyboardInterrupt:
+        checkpoint(step)
+        accelerator.print(f"[{name}] interrupted: checkpoint saved at step {step}; rerun the same command to resume")
+        raise
+    model = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(params)
+    return model
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))

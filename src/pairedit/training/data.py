@@ -1,0 +1,90 @@
+"""Training data drawn from the world, rendered once and cached as .npz (uint8 pixels, text).
+
+Only the training split is ever drawn here (held-out scenes and held-out (edit, object)
+combinations are rejected by ``pairedit.world``), so every quality figure measured on the test
+split is on data no model has seen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import world
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def scenes_dataset(path: Path, n: int, seed: int) -> dict:
+    """``n`` training scenes: pixels (n, 64, 64, 3) uint8 and captions (a list of str)."""
+    path = Path(path)
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        return {"pixels": data["pixels"], "captions": json.loads(str(data["captions"]))}
+    rng = random.Random(f"scenes:{seed}")
+    pixels = np.zeros((n, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
+    captions = []
+    for i in tqdm(range(n), desc="rendering scenes", mininterval=5):
+        scene = world.random_scene(rng, "train")
+        pixels[i] = np.asarray(world.render(scene))
+        captions.append(scene.caption)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, pixels=pixels, captions=np.array(json.dumps(captions)))
+    return {"pixels": pixels, "captions": captions}
+
+
+def pairs_dataset(path: Path, n: int, seed: int) -> dict:
+    """``n`` training edit pairs: before/after pixels, after captions and the edits (to word at batch time)."""
+    path = Path(path)
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        edits = [world.Edit(*e) for e in json.loads(str(data["edits"]))]
+        return {"before": data["before"], "after": data["after"], "edits": edits,
+                "after_captions": json.loads(str(data["after_captions"]))}
+    rng = random.Random(f"pairs:{seed}")
+    size = world.IMAGE_SIZE
+    before = np.zeros((n, size, size, 3), np.uint8)
+    after = np.zeros((n, size, size, 3), np.uint8)
+    edits, captions = [], []
+    for i in tqdm(range(n), desc="rendering pairs", mininterval=5):
+        pair = world.random_pair(rng, "train")
+        b, a = pair.images()
+        before[i], after[i] = np.asarray(b), np.asarray(a)
+        edits.append(pair.edit)
+        captions.append(pair.after.caption)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, before=before, after=after, after_captions=np.array(json.dumps(captions)),
+             edits=np.array(json.dumps([[e.type, e.target, e.value] for e in edits])))
+    return {"before": before, "after": after, "edits": edits, "after_captions": captions}
+
+
+def to_unit(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) → float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_clip_input(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) → CLIP-normalised input, what CLIPProcessor gives at the model's own size."""
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    return (x - CLIP_MEAN) / CLIP_STD
+
+
+def partial_caption(caption: str, rng: random.Random) -> str:
+    """A caption with some parts dropped (keeps at least one object), so short texts mean something."""
+    for prefix in sorted(world._STYLE_PREFIX.values(), key=len, reverse=True):
+        if caption.startswith(prefix + " "):
+            style, rest = prefix, caption[len(prefix) + 1:]
+            break
+    else:
+        return caption
+    bg = next((p for p in world._BG_PHRASE.values() if rest.endswith(" " + p)), "")
+    objs = rest[: len(rest) - len(bg)].strip().replace(" and ", ", ").split(", ")
+    keep = [o for o in objs if rng.random() < 0.6] or [rng.choice(objs)]
+    parts = ([style] if rng.random() < 0.5 else []) + [" and ".join(keep)] + ([bg] if bg and rng.random() < 0.5 else [])
+    return " ".join(parts)

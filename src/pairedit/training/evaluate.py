@@ -1,0 +1,166 @@
+"""Quality gates of the embedded default, measured on the world's held-out split only.
+
+    pairedit train eval --models bundled --out docs/models_eval     # or --models RUN/bundle-folder
+
+- CLIP: caption → image top-1 retrieval among 100 held-out images;
+- VAE: reconstruction PSNR on held-out images;
+- text-to-image: CLIP R-precision (true caption top-1 among 10) and a sample grid;
+- InstructPix2Pix (unambiguous instructions, s_T = 7.5, s_I = 1.5, 20 Euler-ancestral steps): edit
+  success, PSNR to the true after-image per category, and for the vague "turn it into a drawing" the
+  share of outputs landing on each drawing style;
+- seconds to load the bundle and edit one image.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import metrics, models, world
+from ..images import grid, save_image, to_pil, to_tensor
+from ..sampling import decode_latents, encode_image_condition, encode_text, ip2p_sample
+
+
+def heldout_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
+    rng = random.Random(f"eval-scenes:{seed}")
+    return [world.random_scene(rng, "test") for _ in range(n)]
+
+
+def heldout_pairs(n: int, seed: int = 1234, types: tuple[str, ...] | None = None) -> list[world.Pair]:
+    """Held-out scenes; object edits on held-out (edit, shape) combinations where the type has them."""
+    rng = random.Random(f"eval-pairs:{seed}")
+    out = []
+    while len(out) < n:
+        edit = world.random_edit(rng, "test", types=types)
+        if edit.type == "drawing":
+            continue
+        out.append(world.make_pair(edit, rng, "test"))
+    return out
+
+
+@torch.no_grad()
+def eval_clip(clip, processor, n: int = 100) -> dict:
+    feats = metrics.ClipFeatures(clip, processor)
+    scenes = heldout_scenes(n)
+    img = feats.image_features([world.render(s) for s in scenes])
+    txt = feats.text_features([s.caption for s in scenes])
+    top1 = (txt @ img.T).argmax(dim=1) == torch.arange(n)
+    return {"caption_to_image_top1": float(top1.float().mean()), "n": n}
+
+
+@torch.no_grad()
+def eval_vae(vae, n: int = 256) -> dict:
+    scenes = heldout_scenes(n, seed=99)
+    x = to_tensor([world.render(s) for s in scenes])
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 64]).latent_dist.mode()).sample for i in range(0, n, 64)])
+    psnrs = [metrics.psnr(a, b) for a, b in zip(x, rec.clamp(-1, 1))]
+    return {"psnr_db": float(np.mean(psnrs)), "n": n}
+
+
+@torch.no_grad()
+def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float = 7.5, grid_path: Path | None = None) -> dict:
+    feats = metrics.ClipFeatures(clip, processor)
+    scenes = heldout_scenes(n, seed=7)
+    captions = [s.caption for s in scenes]
+    gen = torch.Generator().manual_seed(0)
+    size = sd.unet.config.sample_size * sd.vae_scale_factor
+    images = []
+    for i in range(0, n, 25):
+        images += sd(captions[i:i + 25], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
+                     height=size, width=size).images
+    img = feats.image_features(images)
+    txt = feats.text_features(captions)
+    rng = random.Random(0)
+    hits = []
+    for i in range(n):
+        others = rng.sample([j for j in range(n) if j != i], 9)
+        cand = torch.stack([txt[i]] + [txt[j] for j in others])
+        hits.append(int((cand @ img[i]).argmax()) == 0)
+    if grid_path is not None:
+        rows = [[world.render(scenes[j]), images[j]] for j in range(8)]
+        save_image(grid(rows, labels=["true scene", "generated"], row_labels=[c[11:40] for c in captions[:8]]), grid_path)
+    return {"r_precision_top1_of_10": float(np.mean(hits)), "n": n, "steps": steps, "guidance": guidance}
+
+
+@torch.no_grad()
+def edit_batch(pipe, befores: list, instructions: list[str], seed: int, steps: int = 20, s_text: float = 7.5,
+               s_image: float = 1.5) -> list:
+    image_cond = encode_image_condition(pipe, to_tensor(befores))
+    cond = encode_text(pipe, instructions)
+    uncond = encode_text(pipe, [""])
+    gen = torch.Generator().manual_seed(seed)
+    z = ip2p_sample(pipe, image_cond, cond, uncond, steps=steps, s_text=s_text, s_image=s_image, generator=gen)
+    return to_pil(decode_latents(pipe, z))
+
+
+@torch.no_grad()
+def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = None) -> dict:
+    pairs = heldout_pairs(n)
+    by_cat: dict[str, list] = {}
+    outputs = []
+    for i in range(0, n, 40):
+        chunk = pairs[i:i + 40]
+        outputs += edit_batch(pipe, [p.images()[0] for p in chunk], [p.edit.instruction(wording=0) for p in chunk], seed=i)
+    for p, out in zip(pairs, outputs):
+        before, after = p.images()
+        by_cat.setdefault(p.edit.category, []).append(
+            (metrics.edit_success(before, out, after), metrics.psnr(out, after), metrics.psnr(before, after)))
+    per_cat = {c: {"n": len(v), "edit_success": float(np.mean([s for s, _, _ in v])),
+                   "psnr_to_true_after": float(np.mean([q for _, q, _ in v])),
+                   "input_psnr_to_true_after": float(np.mean([q for _, _, q in v]))} for c, v in sorted(by_cat.items())}
+    allv = [x for v in by_cat.values() for x in v]
+    # The vague instruction: which drawing style does each output land on?
+    rng = random.Random("vague")
+    scenes = [world.scene_for(world.Edit("drawing", value="sketch"), rng, "test") for _ in range(n_vague)]
+    outs = []
+    for i in range(0, n_vague, 30):
+        outs += edit_batch(pipe, [world.render(s) for s in scenes[i:i + 30]], ["turn it into a drawing"] * len(scenes[i:i + 30]),
+                           seed=10_000 + i)
+    cands = [{st: world.render(world.apply_edit(s, world.Edit(f"style_{st}"))) for st in world.DRAWING_STYLES} for s in scenes]
+    shares = metrics.style_shares(outs, cands, inputs=[world.render(s) for s in scenes])
+    if grid_path is not None:
+        rows = [[*pairs[j].images()[:1], outputs[j], pairs[j].images()[1]] for j in range(0, min(n, 70), 7)]
+        save_image(grid(rows, labels=["before", "InstructPix2Pix", "true after"],
+                        row_labels=[pairs[j].edit.instruction(wording=0) for j in range(0, min(n, 70), 7)]), grid_path)
+    return {"edit_success": float(np.mean([s for s, _, _ in allv])), "n": len(allv), "per_category": per_cat,
+            "vague_drawing_style_shares": shares, "steps": 20, "s_text": 7.5, "s_image": 1.5}
+
+
+def time_load_and_edit(name: str = "bundled") -> dict:
+    t0 = time.time()
+    pipe = models.load_ip2p(name)
+    t1 = time.time()
+    pair = heldout_pairs(1)[0]
+    edit_batch(pipe, [pair.images()[0]], [pair.instruction], seed=0)
+    t2 = time.time()
+    return {"load_s": round(t1 - t0, 2), "edit_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
+            "threads": torch.get_num_threads()}
+
+
+def evaluate_all(name: str, out: Path, which: tuple[str, ...] = ("clip", "vae", "t2i", "ip2p", "timing"),
+                 clip_name: str | None = None) -> dict:
+    """Run the selected gates on a bundle (``bundled`` or a folder holding clip/, sd/, ip2p/)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = models.BUNDLED_DIR if name == "bundled" else Path(name)
+    clip, processor = models.load_clip(clip_name or str(root / "clip"))
+    results: dict = {}
+    if "clip" in which:
+        results["clip"] = eval_clip(clip, processor)
+    if "vae" in which or "t2i" in which:
+        sd = models.load_sd(str(root / "sd"))
+        if "vae" in which:
+            results["vae"] = eval_vae(sd.vae)
+        if "t2i" in which:
+            results["t2i"] = eval_t2i(sd, clip, processor, grid_path=out / "t2i_samples.png")
+    if "ip2p" in which:
+        results["ip2p"] = eval_ip2p(models.load_ip2p(str(root / "ip2p")), grid_path=out / "ip2p_samples.png")
+    if "timing" in which:
+        results["timing"] = time_load_and_edit(str(root / "ip2p"))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results

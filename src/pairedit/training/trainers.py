@@ -1,0 +1,297 @@
+"""The embedded default's training chain: tokenizer → CLIP → VAE → text-to-image UNet → InstructPix2Pix UNet.
+
+Each stage reads the previous stages from one run folder and writes its model there in the
+stock diffusers/transformers format (``<run>/<stage>/final``); ``export`` assembles the bundle.
+
+    pairedit train tokenizer --run RUN
+    pairedit train clip --run RUN          # CLIP, contrastive on (image, caption)
+    pairedit train vae --run RUN           # AutoencoderKL 64×64 → 16×16×4
+    pairedit train t2i --run RUN           # latent diffusion, frozen CLIP text tower, text dropout
+    pairedit train ip2p --run RUN          # InstructPix2Pix recipe (paper §3.2, §3.2.1)
+    pairedit train export --run RUN        # → src/pairedit/bundled/{clip,sd,ip2p}
+    accelerate launch -m pairedit.cli train ip2p --run RUN --base runwayml/stable-diffusion-v1-5 ...
+
+The ip2p stage takes any text-to-image checkpoint as ``--base`` (a folder or hub id), so the same
+trainer fine-tunes a real Stable Diffusion into an InstructPix2Pix model on a GPU.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import models, world
+from .common import LoopConfig, train_loop, write_json
+from .data import pairs_dataset, partial_caption, scenes_dataset, to_clip_input, to_unit
+
+
+def _final(run: Path, stage: str) -> Path:
+    path = Path(run) / stage / "final"
+    if not path.exists():
+        raise models.ModelNotAvailable(f"{path} does not exist: run `pairedit train {stage} --run {run}` first")
+    return path
+
+
+def _record(run: Path, stage: str, cfg, seconds: float) -> None:
+    """Append the stage's config and CPU time to <run>/provenance.json (read by docs/models.md)."""
+    import json
+
+    path = Path(run) / "provenance.json"
+    prov = json.loads(path.read_text()) if path.exists() else {}
+    cfg_d = dict(cfg.__dict__)
+    prov[stage] = {"config": cfg_d, "seconds_this_run": round(seconds, 1),
+                   "seconds_total": round(prov.get(stage, {}).get("seconds_total", 0) + seconds, 1)}
+    write_json(path, prov)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def train_tokenizer(run: Path, vocab_size: int = 1024) -> None:
+    models.build_tokenizer(world.corpus(), Path(run) / "tokenizer", vocab_size=vocab_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLIP
+
+
+@dataclass
+class ClipTrainConfig(LoopConfig):
+    width: int = 128
+    layers: int = 4
+    n_scenes: int = 40_000
+    partial_captions: float = 0.2  # share of captions with parts dropped, so short texts mean something
+
+
+def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    t0 = time.time()
+    tokenizer = CLIPTokenizer.from_pretrained(Path(run) / "tokenizer")
+    torch.manual_seed(cfg.seed)
+    model = CLIPModel(models.clip_config(tokenizer, width=cfg.width, layers=cfg.layers))
+    data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
+    pixels, captions = data["pixels"], data["captions"]
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
+        rng = random.Random(step)
+        texts = [partial_caption(captions[i], rng) if rng.random() < cfg.partial_captions else captions[i] for i in idx]
+        tok = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")  # causal: padding is inert
+        out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
+                    pixel_values=to_clip_input(pixels[idx]), return_loss=True)
+        return out.loss
+
+    model = train_loop(cfg, model, loss_fn, "clip")
+    final = Path(run) / "clip" / "final"
+    model.save_pretrained(final)
+    CLIPProcessor(image_processor=models.clip_image_processor(world.IMAGE_SIZE), tokenizer=tokenizer).save_pretrained(final)
+    _record(run, "clip", cfg, time.time() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# VAE
+
+
+@dataclass
+class VaeTrainConfig(LoopConfig):
+    channels: tuple[int, ...] = (32, 64, 64)
+    n_scenes: int = 40_000
+    kl_weight: float = 1e-6  # as in LDM's KL-f8 autoencoder: the KL only keeps the latent bounded
+
+
+def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
+    from diffusers import AutoencoderKL
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(**models.vae_config(tuple(cfg.channels)))
+    pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
+        x = to_unit(pixels[idx])
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample(generator=gen)).sample
+        return F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + cfg.kl_weight * posterior.kl().mean()
+
+    vae = train_loop(cfg, vae, loss_fn, "vae").eval()
+    # Stable Diffusion's scaling_factor (0.18215) is 1 / std of the latents over training images,
+    # so that scaled latents have unit variance like the diffusion noise; computed the same way here.
+    with torch.no_grad():
+        z = torch.cat([vae.encode(to_unit(pixels[i:i + 256])).latent_dist.sample() for i in range(0, min(4096, len(pixels)), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.flatten().std()))
+    vae.save_pretrained(Path(run) / "vae" / "final")
+    _record(run, "vae", cfg, time.time() - t0)
+
+
+@torch.no_grad()
+def encode_pixels(vae, pixels: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Latent modes (unscaled) of uint8 images, in batches."""
+    return torch.cat([vae.encode(to_unit(pixels[i:i + batch])).latent_dist.mode() for i in range(0, len(pixels), batch)])
+
+
+def _cached_latents(run: Path, name: str, vae, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file, save_file
+
+    path = Path(run) / "data" / f"{name}.safetensors"
+    if path.exists():
+        return load_file(path)
+    out = {k: encode_pixels(vae, v).to(torch.float16).contiguous() for k, v in arrays.items()}
+    save_file(out, path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusion (text-to-image and InstructPix2Pix share the loss)
+
+
+def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
+                   image_cond: torch.Tensor | None = None) -> torch.Tensor:
+    """‖ε − ε_θ(z_t, t, c)‖² with t ~ U{0..T−1} (LDM Eq. 2; InstructPix2Pix Eq. 2 when ``image_cond`` is given)."""
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
+    z_t = scheduler.add_noise(z0, noise, t)
+    x = z_t if image_cond is None else torch.cat([z_t, image_cond], dim=1)
+    return F.mse_loss(unet(x, t, encoder_hidden_states=text).sample, noise)
+
+
+@torch.no_grad()
+def _embed(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+@dataclass
+class T2ITrainConfig(LoopConfig):
+    channels: tuple[int, ...] = (64, 128, 128)
+    n_scenes: int = 40_000
+    text_dropout: float = 0.1  # classifier-free guidance needs an unconditional model (Ho & Salimans 2022)
+    ema_decay: float | None = 0.999
+
+
+def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTokenizer
+
+    t0 = time.time()
+    tokenizer = CLIPTokenizer.from_pretrained(Path(run) / "tokenizer")
+    text_encoder = models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval()
+    vae = AutoencoderKL.from_pretrained(_final(run, "vae")).eval()
+    data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
+    latents = _cached_latents(run, "scene_latents", vae, {"scenes": data["pixels"]})["scenes"]
+    captions, sf = data["captions"], vae.config.scaling_factor
+    torch.manual_seed(cfg.seed)
+    unet = UNet2DConditionModel(**models.unet_config(tuple(cfg.channels), text_encoder.config.hidden_size))
+    scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.text_dropout
+        texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        return denoising_loss(unet, scheduler, latents[idx].float() * sf, _embed(text_encoder, tokenizer, texts), gen)
+
+    unet = train_loop(cfg, unet, loss_fn, "t2i")
+    unet.save_pretrained(Path(run) / "t2i" / "final")
+    _record(run, "t2i", cfg, time.time() - t0)
+
+
+@dataclass
+class IP2PTrainConfig(LoopConfig):
+    base: str = ""  # text-to-image checkpoint to start from; '' = <run>/t2i/final with <run>'s VAE and text encoder
+    n_pairs: int = 60_000
+    # InstructPix2Pix §3.2.1: "randomly set c_I = ∅_I for 5% of examples, c_T = ∅_T for 5% of
+    # examples, and both for 5% of examples".
+    drop_image: float = 0.05
+    drop_text: float = 0.05
+    drop_both: float = 0.05
+    ema_decay: float | None = 0.999
+    resolution: int = field(default=world.IMAGE_SIZE)
+
+
+def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
+    """InstructPix2Pix §3.2: a text-to-image UNet with ``conv_in`` widened to 8 channels (new weights
+    zero), trained on (before, instruction, after) with the condition dropout of §3.2.1."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    t0 = time.time()
+    if cfg.base:  # a real SD checkpoint (folder or hub id) in the stock layout
+        base = models.resolve(cfg.base, "sd")
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").eval()
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae").eval()
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    else:
+        tokenizer = CLIPTokenizer.from_pretrained(Path(run) / "tokenizer")
+        text_encoder = models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval()
+        vae = AutoencoderKL.from_pretrained(_final(run, "vae")).eval()
+        unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
+    unet = models.widen_conv_in(unet, 8)
+    data = pairs_dataset(Path(run) / "data" / "pairs.npz", cfg.n_pairs, cfg.seed)
+    lat = _cached_latents(run, "pair_latents", vae, {"before": data["before"], "after": data["after"]})
+    edits, sf = data["edits"], vae.config.scaling_factor
+    scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
+    empty = _embed(text_encoder, tokenizer, [""])
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(edits), (cfg.batch_size,), generator=gen)
+        rng = random.Random(step)
+        text = _embed(text_encoder, tokenizer, [edits[i].instruction(rng) for i in idx.tolist()])
+        image_cond = lat["before"][idx].float()  # unscaled mode, as the diffusers pipeline conditions on it
+        r = torch.rand(cfg.batch_size, generator=gen)
+        no_text = r < cfg.drop_text
+        no_image = (r >= cfg.drop_text) & (r < cfg.drop_text + cfg.drop_image)
+        both = (r >= cfg.drop_text + cfg.drop_image) & (r < cfg.drop_text + cfg.drop_image + cfg.drop_both)
+        text = torch.where((no_text | both).view(-1, 1, 1), empty.expand_as(text), text)
+        image_cond = torch.where((no_image | both).view(-1, 1, 1, 1), torch.zeros_like(image_cond), image_cond)
+        return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond)
+
+    unet = train_loop(cfg, unet, loss_fn, "ip2p")
+    unet.save_pretrained(Path(run) / "ip2p" / "final")
+    _record(run, "ip2p", cfg, time.time() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+
+
+def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16,
+                  stages: tuple[str, ...] = ("clip", "sd", "ip2p")) -> None:
+    """Assemble the trained parts into the three stock folders the loader resolves as 'bundled'."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    run, dest = Path(run), Path(dest)
+    tokenizer = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    clip = CLIPModel.from_pretrained(_final(run, "clip")).eval()
+    text_encoder = models.text_encoder_from_clip(clip).to(dtype)
+    common = dict(tokenizer=tokenizer, text_encoder=text_encoder, safety_checker=None, feature_extractor=None,
+                  requires_safety_checker=False)
+    if "clip" in stages:
+        clip.to(dtype).save_pretrained(dest / "clip")
+        CLIPProcessor.from_pretrained(_final(run, "clip")).save_pretrained(dest / "clip")
+    vae = AutoencoderKL.from_pretrained(_final(run, "vae")).to(dtype)
+    if "sd" in stages:
+        unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i")).to(dtype)
+        StableDiffusionPipeline(vae=vae, unet=unet, scheduler=DDIMScheduler.from_config(models.noise_schedule_config()),
+                                **common).save_pretrained(dest / "sd")
+    if "ip2p" in stages:
+        unet = UNet2DConditionModel.from_pretrained(_final(run, "ip2p")).to(dtype)
+        scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
+        StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common).save_pretrained(dest / "ip2p")
