@@ -435,14 +435,14 @@ def invert(pipe, image: Image.Image, method: str = "pti", prompt: str = "", conf
     ``prompt`` is the source caption (may be empty): DDIM and NTI condition on it; PTI starts c_T
     from it (Alg. 1 line 6 starts from the target prompt, so pass the target when no source is known).
     """
+    from .models import fingerprint
+
     cfg = config if config is not None else make_config(method)
     if method not in CONFIGS:
         raise UserError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}")
     if not isinstance(cfg, CONFIGS[method]):
         raise UserError(f"--method {method} needs a {CONFIGS[method].__name__}, got a {type(cfg).__name__}")
     check_text_to_image(pipe, method)
-    from .models import fingerprint
-
     schedule = ddim_schedule(pipe, cfg.steps, cfg.encode_ratio)
     cond, uncond = _embed(pipe, prompt), _embed(pipe, "")
     # 1. Encode the image: z*_0 = ENC(I)
