@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     training.add_cli(sub)
     # --- benchmark: bench (pairedit.bench) ---
+    from . import bench
+
+    bench.add_cli(sub)
     return parser
 
 
