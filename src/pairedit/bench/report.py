@@ -346,6 +346,14 @@ def example_grid(plan: Plan, records: list[dict], path: Path) -> Path | None:
 # The report
 
 
+def launch_command(command: str, num_processes: int) -> str:
+    """The command as typed: under several processes, the accelerate launcher in front of it."""
+    if num_processes <= 1:
+        return command
+    return f"accelerate launch --multi_gpu --num_processes {num_processes} -m pairedit.cli " + \
+        command.removeprefix("pairedit ")
+
+
 def write_report(plan: Plan, records: list[dict], info) -> Path:
     """Write ``<out>/benchmark.md``, ``<out>/benchmark/*.png`` and ``<out>/benchmark/results.json``."""
     cfg, suite = plan.config, plan.suite
@@ -384,8 +392,7 @@ def write_report(plan: Plan, records: list[dict], info) -> Path:
         "",
         "Written by `pairedit bench` (`pairedit.bench`); do not edit by hand — run the command below again.",
         "",
-        f"- Command: `{cfg.command or 'pairedit bench'}`" + (f" ({info.num_processes} processes)"
-                                                            if info.num_processes > 1 else ""),
+        f"- Command: `{launch_command(cfg.command or 'pairedit bench', info.num_processes)}`",
         f"- pairedit {__version__}, written {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- Suite **{suite.name}**: {n_dirs} edit directions of the held-out split "
         f"({', '.join(f'{k} {v}' for k, v in kinds.items() if v)}), {suite.pairs} example pairs and "

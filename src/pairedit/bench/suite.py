@@ -45,17 +45,22 @@ class Suite:
             raise UserError(f"suite {self.name!r}: at most 4 example pairs per direction (VISII Table 1), got {self.pairs}")
 
 
-# Sizes chosen by measurement with bundled-size models (6.7 M-param UNet, 16×16 latents, 128-wide CLIP) on
-# this 2-core CPU while two training jobs ran beside it (one thread each): a VISII learning step took
-# 0.052 s, 100 PEZ steps 0.7 s, an InstructPix2Pix/VISII 20-step edit 1.3–1.6 s, SDEdit (50 × 0.75
-# steps) 1.6 s, PTI 50 steps 8.7 s (inversion + tuning 6.6 s, edit 2.1 s), scoring one edit 0.02 s.
-# - quick: one direction of each of the 8 kinds × 1 test image, 60 learning steps (7 learnings per
-#   direction), PTI at 20 steps: measured 6 min 20 s end to end in one process (see docs/benchmark.md).
-# - full: 5 directions per kind × 3 test images (120 test pairs, 160 example pairs), 500 learning
-#   steps (the `pairedit demo` budget; the paper's 1000 would double the learning time): estimated
-#   ≈ 290 s per direction, ≈ 3.2 h in one process, ≈ 1.7 h with two processes on an otherwise idle machine.
+# Sizes chosen by measurement with bundled-size models (6.7 M-param UNet, 16×16 latents, 128-wide CLIP;
+# random weights — cost does not depend on them) on this 2-core CPU, one thread, while two training jobs
+# and other tests ran beside it (load average ≈ 5.5). Per unit, measured in the quick run: a VISII learning
+# step 0.107 s (0.052 s at load ≈ 3), 100 PEZ steps 1.6 s, an InstructPix2Pix / VISII edit at 10 steps
+# 1.05 s, SDEdit at 25 × 0.75 steps 1.5 s, PTI at 20 steps 6.4 s, scoring one edit 0.02 s.
+# - quick: one direction of each of the 8 kinds × 1 test image, every method (144 units), 40 learning
+#   steps (7 learnings per direction), 10 sampling steps: measured 8 min 36 s end to end in one process
+#   under that load (499 s of units).
+# - full: 5 directions per kind × 3 test images (120 test pairs + 160 example pairs, 2160 units), 500
+#   learning steps (the `pairedit demo` budget; the paper's 1000 would double the learning time), the
+#   methods' default step counts. Estimated from the same per-step costs: ≈ 550 s per direction under
+#   that load (learning 375 s, captions 19 s, 3 test images × 52 s), ≈ 6 h in one process; on an idle
+#   machine about half, and about half again with two processes (≈ 1.5 h).
 SUITES: dict[str, Suite] = {
-    "quick": Suite("quick", directions=8, tests=1, visii_steps=60, caption_steps=100, pti_steps=20),
+    "quick": Suite("quick", directions=8, tests=1, visii_steps=40, caption_steps=100, sample_steps=10, sdedit_steps=25,
+                   pti_steps=20),
     "full": Suite("full", directions=40, tests=3, visii_steps=500, caption_steps=300),
 }
 
