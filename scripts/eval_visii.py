@@ -1,0 +1,690 @@
+#!/usr/bin/env python
+"""Measure Visual Instruction Inversion (VISII) on the world's held-out edits and write docs/visii.md.
+
+    OMP_NUM_THREADS=2 python scripts/eval_visii.py                   # the reported run: bundled models, -> docs/
+    python scripts/eval_visii.py --quick                             # smaller sizes (minutes, not an hour)
+    python scripts/eval_visii.py --model RUN/bundle --steps 500      # a bundle folder (ip2p/ clip/), fewer steps
+
+Every edit is learned from ONE example pair (caption-initialised, VisiiConfig defaults) and applied to
+``--tests`` new held-out images; InstructPix2Pix (IP2P) edits the same images with the same seeds.
+
+1. Edit success per category: held-out directions (``bench.suite.make_directions``, round-robin over the
+   categories: ``--directions-per-category`` each); VISII (library default ``loss_on``, fixed noise) vs IP2P
+   with the true instruction. Edit success = output nearer the true after-image than the input is (pixel
+   MSE, ``metrics.edit_success``); PSNR to the true after-image.
+2. Ambiguous drawing styles (VISII Fig. 6): one example pair per drawing style; share of outputs whose
+   nearest true after-image among the three styles is the example's (``metrics.style_shares``), next to
+   IP2P told the vague "turn it into a drawing".
+3. Hybrid instruction (Fig. 4b): a watercolour edit learned from one pair, applied with the user's words
+   "turn the circle into a star" (the world's replace wording). Counted as doing both edits when the output
+   is nearer (pixel MSE) the true after-image of watercolour ∘ replace than that of either edit alone and
+   than the input (``metrics.style_shares`` over those three candidates with ``inputs=``).
+4. ``loss_on`` "conditional" (paper Eq. 2) vs "guided" (reference code): same directions, seeds and caption;
+   edit success and PSNR, a paired McNemar test, and a recommendation line.
+5. Fixed vs random noise (§5 Noises): edit success, PSNR, CLIP image similarity for both.
+
+Outputs: OUT/visii.md, OUT/visii/results.json (one row per output image), OUT/visii/grid.png (example
+before/after | test before | VISII | IP2P | true after). A unit (one learning with its applications, or one
+baseline over one direction's test images) is cached in CACHE/units.json with its output PNGs as soon as it
+finishes; rerunning the same command resumes. Units are keyed by their settings and the models' weights.
+
+Cost, from the per-step costs measured for the benchmark (bundled-size models, 1 thread, loaded machine:
+a learning step ≈ 0.1 s, 100 PEZ steps ≈ 1.6 s, a 20-step edit ≈ 2 s): the defaults (7 categories × 2
+directions × 3 tests, 2 learnings of 1000 steps each, + 4 learnings for §2–3) ≈ 65 min; --quick ≈ 5 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pairedit import __version__, metrics, world
+from pairedit.bench.cache import key_of
+from pairedit.bench.methods import score, style_candidates
+from pairedit.bench.run import resolve_models
+from pairedit.bench.suite import Direction, Suite, make_directions, select_edits, stable_int
+from pairedit.errors import UserError
+from pairedit.images import atomic_write, fit, grid, save_image
+from pairedit.visii import VisiiConfig
+
+LOSSES = ("conditional", "guided")
+NOISES = ("fixed", "random")
+DEFAULT_LOSS = VisiiConfig().loss_on  # what §1–3 and §5 use: the library default
+HYBRID_STYLE = world.Edit("style_watercolor")
+HYBRID_REPLACE = world.Edit("replace_star", target="circle")
+HYBRID_CANDIDATES = ("both", "style only", "replace only")
+DEFAULTS = dict(directions_per_category=2, tests=3, steps=VisiiConfig().steps, caption_steps=VisiiConfig().caption_steps,
+                sample_steps=20)
+QUICK = dict(directions_per_category=1, tests=2, steps=100, caption_steps=100, sample_steps=10)
+ASSETS = "visii"  # folder next to visii.md
+
+
+# ----------------------------------------------------------------------------------------------
+# What is measured
+
+
+@dataclass(frozen=True)
+class Sizes:
+    categories: tuple[str, ...]
+    directions_per_category: int
+    tests: int
+    steps: int  # VISII learning steps N
+    caption_steps: int  # PEZ steps of the caption initialisation
+    sample_steps: int  # sampling steps of VISII and IP2P
+    seed: int
+
+    def suite(self) -> Suite:
+        return Suite("eval-visii", directions=self.directions_per_category * len(self.categories), tests=self.tests,
+                     pairs=1, visii_steps=self.steps, caption_steps=self.caption_steps, sample_steps=self.sample_steps)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cached piece of work: a method over all test images of one direction."""
+
+    section: str  # "edit" | "drawing" | "hybrid"
+    method: str  # "ip2p", "visii-conditional", "visii-guided", "visii", "ip2p-vague", "visii-hybrid"
+    direction: Direction
+    loss_on: str | None = None  # VISII units only
+
+    @property
+    def label(self) -> str:
+        return f"{self.section} {self.direction.edit.name} {self.method}"
+
+
+def edit_directions(sizes: Sizes) -> list[Direction]:
+    """§1/4/5: held-out directions, the benchmark's sampler, round-robin over the categories."""
+    return make_directions(sizes.suite(), sizes.seed, select_edits(list(sizes.categories)))
+
+
+def drawing_directions(sizes: Sizes) -> list[Direction]:
+    """§2: one direction per drawing style; its example's after-image is that style."""
+    out = []
+    for j, style in enumerate(world.DRAWING_STYLES):
+        edit = world.Edit("drawing", value=style)
+        pairs = world.direction_pairs(edit, 1 + sizes.tests, seed=stable_int(f"{sizes.seed}:drawing:{style}"))
+        out.append(Direction(1000 + j, edit, (pairs[0],), tuple(pairs[1:])))
+    return out
+
+
+def hybrid_direction(sizes: Sizes) -> Direction:
+    """§3: a watercolour example pair; test pairs of the replace edit on photo scenes (watercolour applies too)."""
+    example = world.direction_pairs(HYBRID_STYLE, 1, seed=stable_int(f"{sizes.seed}:hybrid:example"))[0]
+    candidates = world.direction_pairs(HYBRID_REPLACE, 6 * sizes.tests + 6, seed=stable_int(f"{sizes.seed}:hybrid:tests"))
+    tests = [p for p in candidates if world.is_applicable(p.before, HYBRID_STYLE)][:sizes.tests]
+    if len(tests) < sizes.tests:
+        raise UserError(f"found only {len(tests)} photo scenes for the hybrid test; lower --tests")
+    return Direction(2000, HYBRID_STYLE, (example,), tuple(tests))
+
+
+def make_units(sizes: Sizes) -> list[Unit]:
+    units = []
+    for d in edit_directions(sizes):
+        units.append(Unit("edit", "ip2p", d))
+        units += [Unit("edit", f"visii-{loss}", d, loss) for loss in LOSSES]
+    for d in drawing_directions(sizes):
+        units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d)]
+    d = hybrid_direction(sizes)
+    units += [Unit("hybrid", "visii-hybrid", d, DEFAULT_LOSS), Unit("hybrid", "ip2p", d)]
+    return units
+
+
+def hybrid_words() -> tuple[str, str]:
+    """(the user's words appended to the learned instruction, IP2P's one-sentence instruction for both edits)."""
+    replace = HYBRID_REPLACE.instruction(wording=0)
+    return replace, f"{HYBRID_STYLE.instruction(wording=0)} and {replace}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Computing units
+
+
+class Context:
+    """Models, sizes, the cache file; computes units."""
+
+    def __init__(self, args, sizes: Sizes):
+        from pairedit.metrics import ClipFeatures
+        from pairedit.models import fingerprint, load_clip, load_ip2p
+        from pairedit.visii import model_resolution
+
+        self.sizes = sizes
+        self.names = resolve_models(args.model, None, args.clip)
+        self.pipe = load_ip2p(self.names.ip2p, device=args.device)
+        self.clip, self.processor = load_clip(self.names.clip, device=args.device)
+        self.clip_features = ClipFeatures(self.clip, self.processor)
+        self.resolution = model_resolution(self.pipe)
+        self.fingerprints = {"ip2p": fingerprint(self.pipe.unet, self.pipe.text_encoder), "clip": fingerprint(self.clip)}
+        self.cache_dir = Path(args.cache)
+        self.cache_file = self.cache_dir / "units.json"
+        self.records = self._load()
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def _load(self) -> dict:
+        if not self.cache_file.exists():
+            return {}
+        try:
+            data = json.loads(self.cache_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"eval_visii: ignoring an unreadable cache {self.cache_file} ({err})", file=sys.stderr)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self) -> None:
+        text = json.dumps(self.records, indent=1)  # key order kept: share tables list styles in order
+        atomic_write(self.cache_file, lambda tmp: Path(tmp).write_text(text))
+
+    def config(self, unit: Unit) -> VisiiConfig:
+        return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps, loss_on=unit.loss_on,
+                           seed=self.learn_seed(unit.direction))
+
+    def key(self, unit: Unit) -> str:
+        d = unit.direction
+        desc = {"section": unit.section, "method": unit.method, "direction": d.key, "edit": d.edit.name,
+                "sample_steps": self.sizes.sample_steps, "seed": self.sizes.seed, "models": self.fingerprints}
+        if unit.loss_on:
+            desc["visii"] = asdict(self.config(unit))
+        if unit.section == "hybrid":
+            desc["words"] = hybrid_words()
+        return key_of(desc)
+
+    def cached(self, unit: Unit) -> dict | None:
+        record = self.records.get(self.key(unit))
+        if record is None or not all((self.cache_dir / im["output"]).exists() for im in record["images"]):
+            return None
+        return record
+
+    # -- seeds (shared by every method, so rows differ by method only) --------------------------
+
+    def test_seed(self, d: Direction, t: int) -> int:
+        return stable_int(f"{self.sizes.seed}:{d.key}:test{t}")
+
+    def learn_seed(self, d: Direction) -> int:
+        return stable_int(f"{self.sizes.seed}:{d.key}:learn")
+
+    # -- work ----------------------------------------------------------------------------------
+
+    def learn(self, unit: Unit):
+        from pairedit.visii import learn
+
+        return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], self.config(unit),
+                     model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)
+
+    def visii(self, inst, d: Direction, t: int, noise: str = "fixed", prompt: str | None = None):
+        from pairedit.visii import apply
+
+        return apply(self.pipe, inst, [d.tests[t].images()[0]], prompt=prompt, noise=noise, seed=self.test_seed(d, t),
+                     steps=self.sizes.sample_steps, check=False)[0]
+
+    def ip2p(self, d: Direction, t: int, text: str):
+        from pairedit.editing import ip2p_edit
+
+        return ip2p_edit(self.pipe, [d.tests[t].images()[0]], text, steps=self.sizes.sample_steps,
+                         seed=self.test_seed(d, t))[0]
+
+    def outputs(self, unit: Unit) -> tuple[list[tuple[int, str, object]], dict]:
+        """[(test index, variant, output image)], extra record fields."""
+        d, n = unit.direction, len(unit.direction.tests)
+        if unit.method == "ip2p-vague" or (unit.section == "edit" and unit.method == "ip2p"):
+            # the true instruction; for a drawing direction that is the vague "turn it into a drawing"
+            return [(t, "random", self.ip2p(d, t, d.instruction)) for t in range(n)], {"instruction": d.instruction}
+        if unit.section == "hybrid" and unit.method == "ip2p":
+            replace, both = hybrid_words()
+            return ([(t, "replace words", self.ip2p(d, t, replace)) for t in range(n)]
+                    + [(t, "both in words", self.ip2p(d, t, both)) for t in range(n)]), {"instructions": [replace, both]}
+        inst = self.learn(unit)
+        extra = {"init_text": inst.init_text, "final_loss": inst.losses[-1] if inst.losses else None}
+        if unit.section == "edit":
+            return [(t, noise, self.visii(inst, d, t, noise)) for noise in NOISES for t in range(n)], extra
+        if unit.section == "drawing":
+            return [(t, "fixed", self.visii(inst, d, t)) for t in range(n)], extra
+        replace, _ = hybrid_words()
+        return ([(t, "learned + words", self.visii(inst, d, t, prompt=replace)) for t in range(n)]
+                + [(t, "learned only", self.visii(inst, d, t)) for t in range(n)]), dict(extra, prompt=replace)
+
+    def score(self, unit: Unit, t: int, output) -> dict:
+        d = unit.direction
+        before, after = (fit(im, output.width) for im in d.tests[t].images())
+        if unit.section != "hybrid":
+            scores = score(self.clip_features, d, t, output)
+        else:
+            both = hybrid_afters(d.tests[t], output.width)["both"]
+            scores = metrics.score_edit(before, output, true_after=both, clip=self.clip_features,
+                                        example=tuple(fit(im, output.width) for im in d.examples[0].images()))
+            scores["nearest_after"] = metrics.nearest_style(output, hybrid_afters(d.tests[t], output.width), input=before)
+        scores["input_psnr"] = metrics.psnr(before, after, cap=metrics.PSNR_CAP_DB)
+        return scores
+
+    def compute(self, unit: Unit) -> dict:
+        d = unit.direction
+        t0 = time.perf_counter()
+        outs, extra = self.outputs(unit)
+        seconds = time.perf_counter() - t0
+        key = self.key(unit)
+        images = []
+        for k, (t, variant, out) in enumerate(outs):
+            rel = f"{key}/{k:02d}-test{t}-{variant.replace(' ', '_')}.png"
+            save_image(out, self.cache_dir / rel)
+            images.append({"test": t, "scene": d.tests[t].before.key, "variant": variant, "seed": self.test_seed(d, t),
+                           "output": rel, "scores": self.score(unit, t, out)})
+        shares = {}
+        for variant in dict.fromkeys(v for _, v, _ in outs):
+            sel = [(t, o) for t, v, o in outs if v == variant]
+            size = sel[0][1].width
+            if unit.section == "drawing":
+                cands = [style_candidates(d.tests[t], size) for t, _ in sel]
+            elif unit.section == "hybrid":
+                cands = [hybrid_afters(d.tests[t], size) for t, _ in sel]
+            else:
+                continue
+            shares[variant] = metrics.style_shares([o for _, o in sel], cands,
+                                                   inputs=[fit(d.tests[t].images()[0], size) for t, _ in sel])
+        record = {"key": key, "section": unit.section, "method": unit.method, "loss_on": unit.loss_on,
+                  "direction": d.id, "edit": d.edit.name, "category": d.edit.category, "kind": d.kind,
+                  "target_style": d.target_style if unit.section == "drawing" else None,
+                  "example": d.examples[0].before.key, "seconds": round(seconds, 2), "images": images,
+                  "shares": shares, **extra}
+        self.records[key] = record
+        self._save()
+        return record
+
+
+def hybrid_afters(pair: world.Pair, size: int) -> dict:
+    """The true after-images of a replace test pair: both edits, the style alone, the replace alone."""
+    both = world.apply_edit(pair.after, HYBRID_STYLE)
+    style = world.apply_edit(pair.before, HYBRID_STYLE)
+    scenes = dict(zip(HYBRID_CANDIDATES, (both, style, pair.after)))
+    return {k: fit(world.render(s), size) for k, s in scenes.items()}
+
+
+def run_units(ctx: Context, units: list[Unit], progress: bool = True) -> tuple[list[dict], int]:
+    """Compute every unit not in the cache; (records in unit order, number computed)."""
+    from tqdm.auto import tqdm
+
+    records, computed = [], 0
+    bar = tqdm(units, desc="eval_visii", unit="unit", disable=not progress, dynamic_ncols=True)
+    for unit in bar:
+        bar.set_postfix_str(unit.label, refresh=False)
+        record = ctx.cached(unit)
+        if record is None:
+            record = ctx.compute(unit)
+            computed += 1
+        records.append(record)
+    return records, computed
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def rows(records: list[dict], **match) -> list[dict]:
+    """Per-image rows (image fields + record fields) of the records matching ``match``; ``variant`` selects images."""
+    variant = match.pop("variant", None)
+    out = []
+    for r in records:
+        if all(r.get(k) == v for k, v in match.items()):
+            base = {k: v for k, v in r.items() if k not in ("images", "shares")}
+            out += [dict(base, **im) for im in r["images"] if variant is None or im["variant"] == variant]
+    return out
+
+
+def mean(rows_: list[dict], key: str) -> float | None:
+    vals = [float(r["scores"][key]) for r in rows_ if r["scores"].get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def mean_shares(records: list[dict], variant: str) -> dict[str, float]:
+    """The share of each candidate over several equally sized units (the mean of their style_shares)."""
+    shares = [r["shares"][variant] for r in records if variant in r.get("shares", {})]
+    keys = list(dict.fromkeys(k for s in shares for k in s))
+    return {k: float(np.mean([s.get(k, 0.0) for s in shares])) for k in keys}
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """(a-only successes, b-only successes, exact two-sided McNemar p) of paired outcomes."""
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return only_a, only_b, min(1.0, 2 * tail)
+
+
+def loss_comparison(records: list[dict]) -> dict:
+    """Paired comparison of the two losses over every (direction, test, noise); the recommendation."""
+    per = {loss: {(r["direction"], r["test"], r["variant"]): r for r in rows(records, section="edit", loss_on=loss)}
+           for loss in LOSSES}
+    common = sorted(set(per[LOSSES[0]]) & set(per[LOSSES[1]]))
+    succ = {loss: [bool(per[loss][k]["scores"]["edit_success"]) for k in common] for loss in LOSSES}
+    psnrs = {loss: float(np.mean([per[loss][k]["scores"]["psnr"] for k in common])) if common else None
+             for loss in LOSSES}
+    only_c, only_g, p = mcnemar(succ["conditional"], succ["guided"])
+    rate = {loss: float(np.mean(succ[loss])) if common else None for loss in LOSSES}
+    if common and p < 0.05:
+        pick = "guided" if only_g > only_c else "conditional"
+        why = (f"edit success {rate[pick]:.2f} vs {rate[LOSSES[1 - LOSSES.index(pick)]]:.2f} on {len(common)} paired "
+               f"outputs (McNemar exact p = {p:.3g})")
+    else:
+        pick = "conditional"
+        why = (f"the losses do not differ measurably in edit success ({fmt(rate['conditional'])} conditional vs "
+               f"{fmt(rate['guided'])} guided on {len(common)} paired outputs, McNemar exact p = {p:.2g}); keep the "
+               f"paper's Eq. 2 (PSNR {fmt(psnrs['conditional'])} vs {fmt(psnrs['guided'])} dB)")
+    return {"n": len(common), "success": rate, "psnr": psnrs, "only_conditional": only_c, "only_guided": only_g,
+            "p": p, "recommend": pick, "line": f"RECOMMENDATION: VisiiConfig.loss_on = {pick!r} — {why}."}
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(map(str, row)) + " |" for row in body)]
+
+
+def section_edit(records: list[dict], sizes: Sizes) -> list[str]:
+    visii = f"visii-{DEFAULT_LOSS}"
+    lines = ["## 1. Edit success from one example pair, per category", "",
+             f"VISII: learned from one example pair (PEZ-caption init, `loss_on={DEFAULT_LOSS!r}`, the library "
+             "default), applied with the noises recorded while learning (fixed noise, `apply`'s default). "
+             "InstructPix2Pix: the true instruction (the edit's first wording), random noise from the same seed "
+             "VISII's random-noise run uses. Edit success: the output is nearer the true after-image than the "
+             "input is (pixel MSE). PSNR to the true after-image (dB); \"input\" is the unedited test image's "
+             "PSNR to it (what doing nothing scores).", ""]
+    body = []
+    for cat in [*sizes.categories, None]:
+        match = {"section": "edit"} if cat is None else {"section": "edit", "category": cat}
+        v = rows(records, method=visii, variant="fixed", **match)
+        i = rows(records, method="ip2p", **match)
+        body.append(["**all**" if cat is None else cat, len(v), fmt(mean(v, "edit_success")),
+                     fmt(mean(i, "edit_success")), fmt(mean(v, "psnr")), fmt(mean(i, "psnr")),
+                     fmt(mean(i, "input_psnr"))])
+    lines += table(["category", "n", "VISII success", "IP2P success", "VISII PSNR", "IP2P PSNR", "input PSNR"], body)
+    edits = sorted({(r["category"], r["edit"]) for r in records if r["section"] == "edit"})
+    lines += ["", "Directions (held-out split; object edits on held-out edit/shape combinations): "
+              + ", ".join(f"`{e}`" for _, e in edits) + "."]
+    return lines
+
+
+def section_drawing(records: list[dict]) -> list[str]:
+    vague = world.Edit("drawing", value=world.DRAWING_STYLES[0]).instruction(wording=0)
+    lines = ["## 2. Ambiguous drawing styles (VISII Fig. 6)", "",
+             "One example pair per drawing style (its after-image is that style); VISII learns it and edits new "
+             f"photos. InstructPix2Pix gets the vague \"{vague}\" on the same photos with the same seeds. "
+             "Each output is assigned the style whose true after-image of that photo is nearest in pixel MSE "
+             "(`metrics.nearest_style`), or \"none\" when the unedited photo is at least as near. "
+             "\"reproduces\": share of outputs assigned the example's style.", ""]
+    body = []
+    for style in world.DRAWING_STYLES:
+        v = [r for r in records if r["section"] == "drawing" and r["method"] == "visii" and r["target_style"] == style]
+        i = [r for r in records if r["section"] == "drawing" and r["method"] == "ip2p-vague"
+             and r["target_style"] == style]
+        vs, is_ = mean_shares(v, "fixed"), mean_shares(i, "random")
+        n = len(rows(v))
+        dist = ", ".join(f"{k} {x:.2f}" for k, x in vs.items())
+        body.append([style, n, fmt(vs.get(style)), fmt(is_.get(style)), dist])
+    lines += table(["example style", "n", "VISII reproduces", "IP2P lands on it", "VISII shares (all styles)"], body)
+    ip = mean_shares([r for r in records if r["section"] == "drawing" and r["method"] == "ip2p-vague"], "random")
+    lines += ["", f"InstructPix2Pix with \"{vague}\", all {len(rows(records, method='ip2p-vague'))} photos "
+              "(`metrics.style_shares`): " + ", ".join(f"{k} {x:.2f}" for k, x in ip.items())
+              + ". A method that ignores the example reproduces it about a third of the time at best."]
+    return lines
+
+
+def section_hybrid(records: list[dict]) -> list[str]:
+    replace, both_words = hybrid_words()
+    style_words = HYBRID_STYLE.instruction(wording=0)
+    held = "a held-out" if world.is_heldout_combo(HYBRID_REPLACE) else "a training"
+    lines = ["## 3. Hybrid instruction (VISII Fig. 4b)", "",
+             f"VISII learns \"{style_words}\" (`{HYBRID_STYLE.name}`) from one example pair; it is applied with the "
+             f"words \"{replace}\" appended after the learned tokens (`apply(prompt=...)`), to held-out photos that "
+             f"contain a circle (`{HYBRID_REPLACE.name}`, {held} edit/shape combination, held-out scenes).", "",
+             "**Criterion (does both edits):** the output is nearer, in pixel MSE, the true after-image of "
+             "watercolour ∘ replace than the true after-image of the watercolour edit alone, than that of the "
+             "replace edit alone, and than the unedited input. Computed as `metrics.style_shares` over the three "
+             "true after-images with `inputs=` (\"none\": the input is nearest).", ""]
+    body = []
+    for method, variant, words in (("visii-hybrid", "learned + words", f"`<ins>` + \"{replace}\""),
+                                   ("visii-hybrid", "learned only", "`<ins>` alone"),
+                                   ("ip2p", "both in words", f"\"{both_words}\""),
+                                   ("ip2p", "replace words", f"\"{replace}\"")):
+        rec = [r for r in records if r["section"] == "hybrid" and r["method"] == method]
+        sh = mean_shares(rec, variant)
+        im = rows(rec, variant=variant)
+        name = "VISII" if method.startswith("visii") else "IP2P"
+        body.append([name, words, len(im), *(fmt(sh.get(k)) for k in (*HYBRID_CANDIDATES, metrics.NO_STYLE)),
+                     fmt(mean(im, "psnr"))])
+    lines += table(["method", "instruction", "n", "both (criterion)", "style only", "replace only", "none (input)",
+                    "PSNR to both-after"], body)
+    return lines
+
+
+def section_loss(records: list[dict], cmp: dict) -> list[str]:
+    lines = ["## 4. `loss_on`: conditional (paper Eq. 2) vs guided (reference implementation)", "",
+             "Same directions, example pairs, PEZ captions, learning seeds (timesteps and noises) and test seeds; "
+             "only the prediction the MSE loss is taken on differs.", ""]
+    body = []
+    for loss in LOSSES:
+        for noise in NOISES:
+            r = rows(records, section="edit", loss_on=loss, variant=noise)
+            body.append([f"`{loss}`", noise, len(r), fmt(mean(r, "edit_success")), fmt(mean(r, "psnr")),
+                         fmt(mean(r, "ssim"), 3)])
+    lines += table(["loss_on", "noise", "n", "edit success", "PSNR", "SSIM"], body)
+    lines += ["", f"Paired over {cmp['n']} outputs (both noises): only conditional succeeds on {cmp['only_conditional']}, "
+              f"only guided on {cmp['only_guided']}; McNemar exact p = {cmp['p']:.3g}.", "",
+              f"**{cmp['line']}**", "",
+              "Rule: the loss with more successes when the paired difference is significant (p < 0.05), else the "
+              "paper's Eq. 2 (`conditional`)."]
+    return lines
+
+
+def section_noise(records: list[dict]) -> list[str]:
+    img, vis = metrics.METRIC_NAMES["clip_image_similarity"], metrics.METRIC_NAMES["visual_clip_similarity"]
+    lines = ["## 5. Fixed vs random noise (VISII §5 \"Noises\")", "",
+             "The same learned instructions applied with the noises recorded while learning (fixed) or fresh noise "
+             f"from the test seed (random). {img}: cos(E(input), E(output)) with the bundled CLIP — how much of the "
+             f"input is kept; {vis}: does the test image change the way the example pair does.", ""]
+    body = []
+    for loss in LOSSES:
+        for noise in NOISES:
+            r = rows(records, section="edit", loss_on=loss, variant=noise)
+            body.append([f"VISII `{loss}`", noise, len(r), fmt(mean(r, "edit_success")), fmt(mean(r, "psnr")),
+                         fmt(mean(r, "clip_image_similarity"), 3), fmt(mean(r, "visual_clip_similarity"), 3)])
+    r = rows(records, section="edit", method="ip2p")
+    body.append(["IP2P, true instruction", "random", len(r), fmt(mean(r, "edit_success")), fmt(mean(r, "psnr")),
+                 fmt(mean(r, "clip_image_similarity"), 3), fmt(mean(r, "visual_clip_similarity"), 3)])
+    lines += table(["method", "noise", "n", "edit success", "PSNR", img, vis], body)
+    f = mean(rows(records, section="edit", loss_on=DEFAULT_LOSS, variant="fixed"), "clip_image_similarity")
+    rnd = mean(rows(records, section="edit", loss_on=DEFAULT_LOSS, variant="random"), "clip_image_similarity")
+    if f is not None and rnd is not None:
+        held = "holds" if f > rnd else "does not hold"
+        lines += ["", f"The paper's finding that fixed noise keeps more of the input {held} here "
+                  f"(`{DEFAULT_LOSS}`: {img} {f:.3f} fixed vs {rnd:.3f} random)."]
+    return lines
+
+
+def grid_plan(records: list[dict]) -> list[tuple]:
+    """Grid rows: (label, VISII record, its variant, IP2P record, its variant, which true after)."""
+    by = {(r["section"], r["direction"], r["method"]): r for r in records}
+    plan = []
+    for r in records:
+        if r["section"] == "edit" and r["method"] == "ip2p":
+            plan.append((r["edit"], by[("edit", r["direction"], f"visii-{DEFAULT_LOSS}")], "fixed", r, "random", None))
+        elif r["section"] == "drawing" and r["method"] == "ip2p-vague":
+            plan.append((r["edit"], by[("drawing", r["direction"], "visii")], "fixed", r, "random", None))
+        elif r["section"] == "hybrid" and r["method"] == "ip2p":
+            plan.append(("hybrid: +" + HYBRID_REPLACE.type.removeprefix("replace_"),
+                         by[("hybrid", r["direction"], "visii-hybrid")], "learned + words", r, "both in words", "both"))
+    return plan
+
+
+def load_output(cache_dir: Path, record: dict, variant: str):
+    from pairedit.images import load_image
+
+    im = next(i for i in record["images"] if i["variant"] == variant)
+    return im["test"], load_image(cache_dir / im["output"])
+
+
+def make_grid(cache_dir: Path, records: list[dict], directions: dict[str, Direction], path: Path) -> None:
+    """One row per direction (its first test image): example before/after | test before | VISII | IP2P | true after."""
+    grid_rows, labels = [], []
+    for label, vrec, vvar, irec, ivar, which in grid_plan(records):
+        d = directions[vrec["direction"]]
+        t, v_out = load_output(cache_dir, vrec, vvar)
+        _, i_out = load_output(cache_dir, irec, ivar)
+        size = v_out.width
+        ex_b, ex_a = (fit(im, size) for im in d.examples[0].images())
+        before, after = (fit(im, size) for im in d.tests[t].images())
+        if which == "both":
+            after = hybrid_afters(d.tests[t], size)["both"]
+        elif vrec["target_style"]:  # drawing: the true after-image in the example's style
+            after = style_candidates(d.tests[t], size)[vrec["target_style"]]
+        grid_rows.append([ex_b, ex_a, before, v_out, i_out, after])
+        labels.append(label)
+    save_image(grid(grid_rows, labels=["example before", "example after", "test before", "VISII", "InstructPix2Pix",
+                                       "true after"], row_labels=labels), path)
+
+
+def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], directions: dict[str, Direction],
+                 command: str, wall: float, computed: int) -> dict:
+    import torch
+
+    assets = out / ASSETS
+    assets.mkdir(parents=True, exist_ok=True)
+    cmp = loss_comparison(records)
+    results = {"command": command, "sizes": asdict(sizes), "models": asdict(ctx.names), "fingerprints": ctx.fingerprints,
+               "default_loss_on": DEFAULT_LOSS, "loss_comparison": cmp,
+               "rows": [{k: v for k, v in r.items() if k != "key"} for r in rows(records)],
+               "shares": [{"section": r["section"], "method": r["method"], "direction": r["direction"],
+                           "target_style": r["target_style"], "shares": r["shares"]} for r in records if r["shares"]]}
+    atomic_write(assets / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+    make_grid(ctx.cache_dir, records, directions, assets / "grid.png")
+    unit_seconds = sum(r["seconds"] for r in records)
+    n_edit = len([d for d in directions.values() if d.index < 1000])
+    lines = [
+        "# VISII on the paired-edit world: one example pair vs InstructPix2Pix", "",
+        "Written by `scripts/eval_visii.py` — do not edit by hand; rerun the command below.", "",
+        "```bash", command, "```", "",
+        f"- pairedit {__version__}, {datetime.date.today().isoformat()}; models: InstructPix2Pix `{ctx.names.ip2p}` "
+        f"(fingerprint {ctx.fingerprints['ip2p']}), CLIP `{ctx.names.clip}` (fingerprint {ctx.fingerprints['clip']}), "
+        f"resolution {ctx.resolution}×{ctx.resolution}; torch threads {torch.get_num_threads()}.",
+        f"- Sizes: {n_edit} held-out directions ({sizes.directions_per_category} per category × "
+        f"{len(sizes.categories)} categories: {', '.join(sizes.categories)}), 1 example pair and {sizes.tests} test "
+        f"image(s) each; 3 drawing-style directions and 1 hybrid direction of {sizes.tests} test image(s); VISII "
+        f"{sizes.steps} learning steps (paper: 1000), PEZ caption init {sizes.caption_steps} steps; "
+        f"{sizes.sample_steps} Euler-ancestral sampling steps, s_T = 7.5, s_I = 1.5; seed {sizes.seed}.",
+        f"- Wall time of this invocation: {wall:.0f} s ({computed} of {len(records)} units computed, the rest read "
+        f"from the cache); compute time of all units: {unit_seconds:.0f} s.",
+        f"- Files: [`{ASSETS}/results.json`]({ASSETS}/results.json) (one row per output image, all scores), "
+        f"[`{ASSETS}/grid.png`]({ASSETS}/grid.png) (below).",
+        "- All test images are held-out (test-split) scenes; no model trained on them. With these sample sizes a "
+        "difference of one or two images is noise: read the n column.", "",
+        *section_edit(records, sizes), "",
+        *section_drawing(records), "",
+        *section_hybrid(records), "",
+        *section_loss(records, cmp), "",
+        *section_noise(records), "",
+        "## Examples", "",
+        "Rows: each §1 direction, each drawing style (§2: IP2P got the vague instruction; true after = the example's "
+        "style), the hybrid (§3: VISII with the words, IP2P with both edits in words; true after = both edits). "
+        "First test image of each.", "",
+        f"![example before/after | test before | VISII | InstructPix2Pix | true after]({ASSETS}/grid.png)", ""]
+    atomic_write(out / "visii.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return cmp
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="eval_visii.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="bundled",
+                   help="InstructPix2Pix: 'bundled', a bundle folder with ip2p/ and clip/, a folder or a hub id "
+                        "(default: %(default)s)")
+    p.add_argument("--clip", default=None, help="CLIP for VISII's loss, the caption init and CLIP metrics (default: "
+                   "the bundle's, else openai/clip-vit-large-patch14)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"VISII learning steps (default: {DEFAULTS['steps']}, the paper's; --quick: {QUICK['steps']})")
+    p.add_argument("--caption-steps", type=int, default=None,
+                   help=f"PEZ steps of the caption init (default: {DEFAULTS['caption_steps']}; --quick: "
+                        f"{QUICK['caption_steps']})")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help=f"sampling steps of VISII and IP2P (default: {DEFAULTS['sample_steps']}; --quick: "
+                        f"{QUICK['sample_steps']})")
+    p.add_argument("--directions-per-category", type=int, default=None,
+                   help=f"held-out directions per category (default: {DEFAULTS['directions_per_category']}; --quick: "
+                        f"{QUICK['directions_per_category']})")
+    p.add_argument("--tests", type=int, default=None,
+                   help=f"test images per direction (default: {DEFAULTS['tests']}; --quick: {QUICK['tests']})")
+    p.add_argument("--categories", default=",".join(world.CATEGORIES), metavar="A,B,...",
+                   help="edit categories of §1/4/5 (default: all: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of directions, learning and sampling (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="smaller default sizes (given options still win)")
+    p.add_argument("--out", default="docs", metavar="DIR", help="folder for visii.md and visii/ (default: %(default)s)")
+    p.add_argument("--cache", default=".pairedit-bench-cache/eval-visii", metavar="DIR",
+                   help="cache of finished units (units.json + output PNGs); safe to delete (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def sizes_of(args) -> Sizes:
+    base = QUICK if args.quick else DEFAULTS
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    values = {**base, **given}
+    cats = tuple(c.strip() for c in args.categories.split(",") if c.strip())
+    unknown = [c for c in cats if c not in world.CATEGORIES]
+    if unknown or not cats:
+        raise UserError(f"unknown categories {unknown}; known: {', '.join(world.CATEGORIES)}")
+    for k, v in values.items():
+        if v < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be ≥ 1, got {v}")
+    return Sizes(categories=cats, seed=args.seed, **values)
+
+
+def command_line(argv: list[str]) -> str:
+    env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    return f"{env}python scripts/eval_visii.py {shlex.join(argv)}".rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        sizes = sizes_of(args)
+        units = make_units(sizes)  # every direction drawn before any model is loaded
+        ctx = Context(args, sizes)
+        records, computed = run_units(ctx, units, progress=not args.no_progress)
+        directions = {u.direction.id: u.direction for u in units}
+        cmp = write_report(Path(args.out), ctx, sizes, records, directions, command_line(argv),
+                           time.perf_counter() - t0, computed)
+    except UserError as err:
+        print(f"eval_visii: error: {err}", file=sys.stderr)
+        return 2
+    print(f"eval_visii: {len(units)} units ({computed} computed) in {time.perf_counter() - t0:.0f} s; "
+          f"wrote {Path(args.out) / 'visii.md'}, {Path(args.out) / ASSETS / 'results.json'}, "
+          f"{Path(args.out) / ASSETS / 'grid.png'}")
+    print(cmp["line"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

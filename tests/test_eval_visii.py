@@ -1,0 +1,99 @@
+"""scripts/eval_visii.py (the measurement behind docs/visii.md) end to end on tiny random-weight models.
+
+Smallest sizes: 1 direction in each of 2 categories, 1 test image, 2 learning / caption / sampling steps.
+Checks that the doc, the raw JSON and the grid exist and hold every section, and that a rerun resumes
+from the cache without computing anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "eval_visii.py"
+
+
+@pytest.fixture(scope="module")
+def eval_visii():
+    spec = importlib.util.spec_from_file_location("eval_visii", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["eval_visii"] = module  # dataclasses look their module up while the script is executed
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("eval_visii", None)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny, tmp_path_factory):
+    """A bundle folder (ip2p/, clip/) of the tiny pipelines, as `pairedit train` exports one."""
+    root = tmp_path_factory.mktemp("bundle")
+    tiny.ip2p.save_pretrained(root / "ip2p")
+    tiny.clip.save_pretrained(root / "clip")
+    tiny.processor.save_pretrained(root / "clip")
+    return root
+
+
+def tiny_argv(bundle, tmp: Path) -> list[str]:
+    return ["--model", str(bundle), "--categories", "recolor,style", "--directions-per-category", "1", "--tests", "1",
+            "--steps", "2", "--caption-steps", "2", "--sample-steps", "2", "--out", str(tmp / "docs"),
+            "--cache", str(tmp / "cache"), "--no-progress"]
+
+
+def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
+    argv = tiny_argv(bundle, tmp_path)
+    assert eval_visii.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "units (14 computed)" in first  # 2 directions × 3 + 3 styles × 2 + hybrid × 2
+    assert "RECOMMENDATION: VisiiConfig.loss_on = " in first
+
+    doc = (tmp_path / "docs" / "visii.md").read_text()
+    for heading in ("## 1. Edit success", "## 2. Ambiguous drawing styles", "## 3. Hybrid instruction",
+                    "## 4. `loss_on`", "## 5. Fixed vs random noise", "## Examples"):
+        assert heading in doc
+    assert "python scripts/eval_visii.py --model" in doc and "Wall time" in doc
+    assert "RECOMMENDATION" in doc and "**Criterion (does both edits):**" in doc
+    assert "| recolor | 1 |" in doc and "| style | 1 |" in doc and "| **all** | 2 |" in doc
+    for style in ("sketch", "ink", "watercolor"):
+        assert f"| {style} | 1 |" in doc
+    assert "turn the circle into a star" in doc
+
+    results = json.loads((tmp_path / "docs" / "visii" / "results.json").read_text())
+    assert results["sizes"]["steps"] == 2 and results["loss_comparison"]["n"] == 4
+    by = {}
+    for row in results["rows"]:
+        by.setdefault((row["section"], row["method"], row["variant"]), []).append(row)
+    assert len(by[("edit", "ip2p", "random")]) == 2
+    for loss in ("conditional", "guided"):
+        for noise in ("fixed", "random"):
+            rows = by[("edit", f"visii-{loss}", noise)]
+            assert len(rows) == 2 and all({"edit_success", "psnr", "clip_image_similarity"} <= set(r["scores"])
+                                          for r in rows)
+    assert len(by[("drawing", "visii", "fixed")]) == 3 and len(by[("drawing", "ip2p-vague", "random")]) == 3
+    assert all(r["scores"]["nearest_style"] in ("sketch", "ink", "watercolor", "none")
+               for r in by[("drawing", "visii", "fixed")])
+    assert {k[2] for k in by if k[0] == "hybrid"} == {"learned + words", "learned only", "both in words",
+                                                      "replace words"}
+    assert all(r["scores"]["nearest_after"] in ("both", "style only", "replace only", "none")
+               for k, rs in by.items() if k[0] == "hybrid" for r in rs)
+
+    with Image.open(tmp_path / "docs" / "visii" / "grid.png") as im:
+        assert im.width > 6 * 128 and im.height > 6 * 128  # 6 columns; rows: 2 directions + 3 styles + hybrid
+
+    # A rerun reads every unit from the cache and writes the same tables.
+    assert eval_visii.main(argv) == 0
+    assert "units (0 computed)" in capsys.readouterr().out
+    again = (tmp_path / "docs" / "visii.md").read_text()
+    strip = [ln for ln in again.splitlines() if not ln.startswith("- Wall time")]
+    assert strip == [ln for ln in doc.splitlines() if not ln.startswith("- Wall time")]
+
+
+def test_bad_category_fails_before_loading_models(eval_visii, tmp_path, capsys):
+    assert eval_visii.main(["--categories", "recolor,colour", "--model", str(tmp_path / "nowhere"),
+                            "--out", str(tmp_path)]) == 2
+    assert "unknown categories ['colour']" in capsys.readouterr().err
+    assert not (tmp_path / "visii.md").exists()
