@@ -73,3 +73,12 @@ def test_direction_pairs_share_the_edit():
     pairs = world.direction_pairs(edit, 4, seed=1)
     assert len({p.before.key for p in pairs}) == 4
     assert all(p.edit == edit and p.before.split == "test" for p in pairs)
+
+
+def test_sampled_pairs_change_the_image():
+    rng = random.Random(3)
+    for _ in range(60):
+        pair = world.random_pair(rng, "test")
+        assert world.changes_image(pair.before, pair.after)
+    ink = Scene("plain", (Obj("circle", "blue", "medium", 0.5, 0.5),), style="ink")
+    assert not world.changes_image(ink, apply_edit(ink, Edit("recolor_red", target="circle")))

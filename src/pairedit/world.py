@@ -565,7 +565,7 @@ class Pair:
 
 
 def scene_for(edit: Edit, rng: random.Random, split: str = "train") -> Scene:
-    """A random scene of ``split`` to which ``edit`` applies."""
+    """A random scene of ``split`` to which ``edit`` applies visibly."""
     for _ in range(2000):
         n = rng.choice((1, 1, 2, 2, 3))
         others = [s for s in SHAPES if s != edit.target]
@@ -583,9 +583,20 @@ def scene_for(edit: Edit, rng: random.Random, split: str = "train") -> Scene:
             scene = random_scene(rng, split, n_objects=n, style=style, shapes=tuple(shapes))
         except WorldError:
             continue
-        if is_applicable(scene, edit):
+        if is_applicable(scene, edit) and changes_image(scene, apply_edit(scene, edit)):
             return scene
     raise WorldError(f"could not find a {split} scene for edit {edit.name}")
+
+
+def changes_image(before: Scene, after: Scene, min_pixels: int = 16) -> bool:
+    """True when the edit is visible: at least ``min_pixels`` pixels differ by more than 8/255.
+
+    Some edits change the scene but not its picture (recolouring an object in an ink drawing, which
+    has no fill); such pairs would make "closer to the true after than the input" impossible.
+    """
+    a = np.asarray(render(before), np.int16)
+    b = np.asarray(render(after), np.int16)
+    return int((np.abs(a - b).max(axis=2) > 8).sum()) >= min_pixels
 
 
 def make_pair(edit: Edit, rng: random.Random, split: str = "train", scene: Scene | None = None) -> Pair:
