@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import metrics, models, world
-from ..images import grid, save_image, to_pil, to_tensor
-from ..sampling import decode_latents, encode_image_condition, encode_text, ip2p_sample
+from ..editing import ip2p_edit
+from ..images import grid, save_image, to_tensor
 
 
 def heldout_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
@@ -63,7 +64,8 @@ def eval_vae(vae, n: int = 256) -> dict:
 
 
 @torch.no_grad()
-def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float = 7.5, grid_path: Path | None = None) -> dict:
+def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float = 7.5,
+             grid_path: Path | None = None) -> dict:
     feats = metrics.ClipFeatures(clip, processor)
     scenes = heldout_scenes(n, seed=7)
     captions = [s.caption for s in scenes]
@@ -88,24 +90,11 @@ def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float
 
 
 @torch.no_grad()
-def edit_batch(pipe, befores: list, instructions: list[str], seed: int, steps: int = 20, s_text: float = 7.5,
-               s_image: float = 1.5) -> list:
-    image_cond = encode_image_condition(pipe, to_tensor(befores))
-    cond = encode_text(pipe, instructions)
-    uncond = encode_text(pipe, [""])
-    gen = torch.Generator().manual_seed(seed)
-    z = ip2p_sample(pipe, image_cond, cond, uncond, steps=steps, s_text=s_text, s_image=s_image, generator=gen)
-    return to_pil(decode_latents(pipe, z))
-
-
-@torch.no_grad()
 def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = None) -> dict:
     pairs = heldout_pairs(n)
     by_cat: dict[str, list] = {}
-    outputs = []
-    for i in range(0, n, 40):
-        chunk = pairs[i:i + 40]
-        outputs += edit_batch(pipe, [p.images()[0] for p in chunk], [p.edit.instruction(wording=0) for p in chunk], seed=i)
+    outputs = [ip2p_edit(pipe, [p.images()[0]], p.edit.instruction(wording=0), seed=i)[0]
+               for i, p in enumerate(tqdm(pairs, desc="ip2p eval", mininterval=5))]
     for p, out in zip(pairs, outputs):
         before, after = p.images()
         by_cat.setdefault(p.edit.category, []).append(
@@ -117,11 +106,9 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     # The vague instruction: which drawing style does each output land on?
     rng = random.Random("vague")
     scenes = [world.scene_for(world.Edit("drawing", value="sketch"), rng, "test") for _ in range(n_vague)]
-    outs = []
-    for i in range(0, n_vague, 30):
-        outs += edit_batch(pipe, [world.render(s) for s in scenes[i:i + 30]], ["turn it into a drawing"] * len(scenes[i:i + 30]),
-                           seed=10_000 + i)
-    cands = [{st: world.render(world.apply_edit(s, world.Edit(f"style_{st}"))) for st in world.DRAWING_STYLES} for s in scenes]
+    outs = ip2p_edit(pipe, [world.render(s) for s in scenes], "turn it into a drawing", seed=10_000)
+    cands = [{st: world.render(world.apply_edit(s, world.Edit(f"style_{st}"))) for st in world.DRAWING_STYLES}
+             for s in scenes]
     shares = metrics.style_shares(outs, cands, inputs=[world.render(s) for s in scenes])
     if grid_path is not None:
         rows = [[*pairs[j].images()[:1], outputs[j], pairs[j].images()[1]] for j in range(0, min(n, 70), 7)]
@@ -136,7 +123,7 @@ def time_load_and_edit(name: str = "bundled") -> dict:
     pipe = models.load_ip2p(name)
     t1 = time.time()
     pair = heldout_pairs(1)[0]
-    edit_batch(pipe, [pair.images()[0]], [pair.instruction], seed=0)
+    ip2p_edit(pipe, [pair.images()[0]], pair.instruction, seed=0)
     t2 = time.time()
     return {"load_s": round(t1 - t0, 2), "edit_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
             "threads": torch.get_num_threads()}

@@ -126,7 +126,8 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
     # Stable Diffusion's scaling_factor (0.18215) is 1 / std of the latents over training images,
     # so that scaled latents have unit variance like the diffusion noise; computed the same way here.
     with torch.no_grad():
-        z = torch.cat([vae.encode(to_unit(pixels[i:i + 256])).latent_dist.sample() for i in range(0, min(4096, len(pixels)), 256)])
+        sample = pixels[:4096]
+        z = torch.cat([vae.encode(to_unit(sample[i:i + 256])).latent_dist.sample() for i in range(0, len(sample), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / z.flatten().std()))
     vae.save_pretrained(Path(run) / "vae" / "final")
     _record(run, "vae", cfg, time.time() - t0)
@@ -294,4 +295,5 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
     if "ip2p" in stages:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "ip2p")).to(dtype)
         scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
-        StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common).save_pretrained(dest / "ip2p")
+        pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common)
+        pipe.save_pretrained(dest / "ip2p")
