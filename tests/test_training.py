@@ -75,6 +75,11 @@ def test_each_trainer_runs_and_export_loads(tiny_run):
     clip, processor = models.load_clip(str(bundle / "clip"))
     assert clip.config.projection_dim == 32
     assert ip2p.vae.config.scaling_factor != 0.18215  # computed from this VAE's latents, as SD's was
+    # A new run continues InstructPix2Pix training from the exported (fp16) bundle.
+    again = run / "again"
+    train_ip2p(again, IP2PTrainConfig(out=str(again / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8,
+                                      base=str(bundle / "ip2p"), **few))
+    assert (again / "ip2p" / "final" / "config.json").exists()
 
 
 def test_widen_conv_in_zero_initialises_new_channels(tiny):

@@ -43,8 +43,9 @@ def add_cli(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
-    p.add_argument("--base", default="", help="ip2p only: text-to-image checkpoint to start from (folder or hub id); "
-                                               "default: the run's own t2i model")
+    p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
+                                               "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
+                                               "it); its tokenizer, text encoder and VAE are used. Default: the run's own")
     p.add_argument("--dest", default=None, help="export only: destination folder (default: the package's bundled/)")
     p.add_argument("--models", default="bundled", help="eval only: 'bundled' or a folder with clip/, sd/, ip2p/")
     p.add_argument("--only", default="clip,vae,t2i,ip2p,timing", help="eval only: comma-separated gates to run")
@@ -76,8 +77,7 @@ def run_cli(args: argparse.Namespace) -> int:
     for name in ("steps", "batch_size", "lr", "threads"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    if args.stage == "ip2p":
-        values["base"] = args.base
+    values["base"] = args.base
     known = {f.name for f in fields(cls)}
     fn(run, cls(**{k: v for k, v in values.items() if k in known}))
     return 0

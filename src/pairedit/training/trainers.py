@@ -177,21 +177,37 @@ class T2ITrainConfig(LoopConfig):
     n_scenes: int = 40_000
     text_dropout: float = 0.1  # classifier-free guidance needs an unconditional model (Ho & Salimans 2022)
     ema_decay: float | None = 0.999
+    base: str = ""  # continue from a text-to-image checkpoint (folder or hub id); '' = a new UNet on the run's parts
+
+
+def _frozen_parts(run: Path, base: str):
+    """(tokenizer, text encoder, VAE, base UNet or None): from a stock SD folder / hub id, or from the run."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    if base:
+        path = models.resolve(base, "sd")
+        return (CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
+                CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval(),
+                AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32).eval(),
+                UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32))
+    return (CLIPTokenizer.from_pretrained(Path(run) / "tokenizer"),
+            models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval(),
+            AutoencoderKL.from_pretrained(_final(run, "vae")).eval(), None)
 
 
 def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTokenizer
+    """Latent diffusion on (image, caption) with the frozen CLIP text tower; ``cfg.base`` continues a checkpoint."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     t0 = time.time()
-    tokenizer = CLIPTokenizer.from_pretrained(Path(run) / "tokenizer")
-    text_encoder = models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval()
-    vae = AutoencoderKL.from_pretrained(_final(run, "vae")).eval()
+    tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
     data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
     latents = _cached_latents(run, "scene_latents", vae, {"scenes": data["pixels"]})["scenes"]
     captions, sf = data["captions"], vae.config.scaling_factor
     torch.manual_seed(cfg.seed)
-    unet = UNet2DConditionModel(**models.unet_config(tuple(cfg.channels), text_encoder.config.hidden_size))
+    if unet is None:
+        unet = UNet2DConditionModel(**models.unet_config(tuple(cfg.channels), text_encoder.config.hidden_size))
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -207,7 +223,7 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
 
 @dataclass
 class IP2PTrainConfig(LoopConfig):
-    base: str = ""  # text-to-image checkpoint to start from; '' = <run>/t2i/final with <run>'s VAE and text encoder
+    base: str = ""  # checkpoint to start from (SD folder, hub id, or an InstructPix2Pix folder to continue); '' = the run's
     n_pairs: int = 60_000
     # InstructPix2Pix §3.2.1: "randomly set c_I = ∅_I for 5% of examples, c_T = ∅_T for 5% of
     # examples, and both for 5% of examples".
@@ -221,20 +237,11 @@ class IP2PTrainConfig(LoopConfig):
 def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     """InstructPix2Pix §3.2: a text-to-image UNet with ``conv_in`` widened to 8 channels (new weights
     zero), trained on (before, instruction, after) with the condition dropout of §3.2.1."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     t0 = time.time()
-    if cfg.base:  # a real SD checkpoint (folder or hub id) in the stock layout
-        base = models.resolve(cfg.base, "sd")
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").eval()
-        vae = AutoencoderKL.from_pretrained(base, subfolder="vae").eval()
-        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    else:
-        tokenizer = CLIPTokenizer.from_pretrained(Path(run) / "tokenizer")
-        text_encoder = models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval()
-        vae = AutoencoderKL.from_pretrained(_final(run, "vae")).eval()
+    tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
+    if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.widen_conv_in(unet, 8)
     data = pairs_dataset(Path(run) / "data" / "pairs.npz", cfg.n_pairs, cfg.seed)
