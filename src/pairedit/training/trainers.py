@@ -188,7 +188,7 @@ def _frozen_parts(run: Path, base: str):
     if base:
         path = models.resolve(base, "sd")
         return (CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-                CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval(),
+                CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32).eval(),
                 AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32).eval(),
                 UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32))
     return (CLIPTokenizer.from_pretrained(Path(run) / "tokenizer"),
