@@ -39,14 +39,15 @@ def _final(run: Path, stage: str) -> Path:
 
 
 def _record(run: Path, stage: str, cfg, seconds: float) -> None:
-    """Append the stage's config and CPU time to <run>/provenance.json (read by docs/models.md)."""
+    """Add the stage's config, wall time and process CPU time to <run>/provenance.json (for docs/models.md)."""
     import json
 
     path = Path(run) / "provenance.json"
     prov = json.loads(path.read_text()) if path.exists() else {}
-    cfg_d = dict(cfg.__dict__)
-    prov[stage] = {"config": cfg_d, "seconds_this_run": round(seconds, 1),
-                   "seconds_total": round(prov.get(stage, {}).get("seconds_total", 0) + seconds, 1)}
+    old = prov.get(stage, {})
+    prov[stage] = {"config": dict(cfg.__dict__), "seconds_this_run": round(seconds, 1),
+                   "seconds_total": round(old.get("seconds_total", 0) + seconds, 1),
+                   "cpu_seconds_total": round(old.get("cpu_seconds_total", 0) + time.process_time(), 1)}
     write_json(path, prov)
 
 
