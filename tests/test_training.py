@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from pairedit import models, world
 from pairedit.training import common
@@ -19,6 +20,7 @@ from pairedit.training.trainers import (
     train_ip2p,
     train_t2i,
     train_vae,
+    train_vae_decoder,
 )
 
 
@@ -61,6 +63,12 @@ def test_each_trainer_runs_and_export_loads(tiny_run):
     few = dict(steps=2, warmup=1, log_every=1, ckpt_every=2)
     train_clip(run, ClipTrainConfig(out=str(run / "clip"), batch_size=4, lr=1e-3, n_scenes=16, width=32, layers=1, **few))
     train_vae(run, VaeTrainConfig(out=str(run / "vae"), batch_size=2, lr=1e-3, n_scenes=16, channels=(8, 8, 8), **few))
+    vae_before = AutoencoderKL.from_pretrained(run / "vae" / "final")
+    train_vae_decoder(run, VaeTrainConfig(out=str(run / "vae_decoder"), batch_size=2, lr=1e-2, n_scenes=16, **few))
+    vae_after = AutoencoderKL.from_pretrained(run / "vae_decoder" / "final")
+    # decoder fine-tuning leaves the encoder, hence every latent, unchanged
+    for (name, a), b in zip(vae_before.state_dict().items(), vae_after.state_dict().values()):
+        assert torch.equal(a, b) == (not name.startswith(("decoder.", "post_quant_conv."))), name
     train_t2i(run, T2ITrainConfig(out=str(run / "t2i"), batch_size=2, lr=1e-3, n_scenes=16, channels=(16, 16, 16), **few))
     train_ip2p(run, IP2PTrainConfig(out=str(run / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8, **few))
     for stage in ("clip", "vae", "t2i", "ip2p"):

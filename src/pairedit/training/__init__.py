@@ -17,12 +17,14 @@ from .trainers import (
     train_t2i,
     train_tokenizer,
     train_vae,
+    train_vae_decoder,
 )
 
 # Per-stage defaults for this CPU (steps, batch size, peak learning rate); docs/models.md records the runs.
 STAGES = {
     "clip": (ClipTrainConfig, train_clip, dict(steps=1500, batch_size=128, lr=5e-4, weight_decay=0.1)),
     "vae": (VaeTrainConfig, train_vae, dict(steps=1500, batch_size=32, lr=5e-4)),
+    "vae-decoder": (VaeTrainConfig, train_vae_decoder, dict(steps=1000, batch_size=32, lr=2e-4, warmup=50)),
     "t2i": (T2ITrainConfig, train_t2i, dict(steps=4000, batch_size=64, lr=4e-4)),
     "ip2p": (IP2PTrainConfig, train_ip2p, dict(steps=20000, batch_size=64, lr=3e-4)),
 }
@@ -73,7 +75,7 @@ def run_cli(args: argparse.Namespace) -> int:
         export_bundle(run, **({"dest": Path(args.dest)} if args.dest else {}))
         return 0
     cls, fn, defaults = STAGES[args.stage]
-    values = dict(defaults, out=str(run / args.stage), seed=args.seed, ckpt_every=args.ckpt_every)
+    values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

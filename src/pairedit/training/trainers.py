@@ -108,6 +108,12 @@ class VaeTrainConfig(LoopConfig):
     kl_weight: float = 1e-6  # as in LDM's KL-f8 autoencoder: the KL only keeps the latent bounded
 
 
+def _vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float) -> torch.Tensor:
+    posterior = vae.encode(x).latent_dist
+    rec = vae.decode(posterior.sample(generator=gen)).sample
+    return F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + kl_weight * posterior.kl().mean()
+
+
 def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
     from diffusers import AutoencoderKL
 
@@ -118,10 +124,7 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
-        x = to_unit(pixels[idx])
-        posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.sample(generator=gen)).sample
-        return F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + cfg.kl_weight * posterior.kl().mean()
+        return _vae_loss(vae, to_unit(pixels[idx]), gen, cfg.kl_weight)
 
     vae = train_loop(cfg, vae, loss_fn, "vae").eval()
     # Stable Diffusion's scaling_factor (0.18215) is 1 / std of the latents over training images,
@@ -132,6 +135,32 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
     vae.register_to_config(scaling_factor=float(1.0 / z.flatten().std()))
     vae.save_pretrained(Path(run) / "vae" / "final")
     _record(run, "vae", cfg, time.time() - t0)
+
+
+def train_vae_decoder(run: Path, cfg: VaeTrainConfig) -> None:
+    """Fine-tune only the VAE decoder (as SD's ft-MSE VAE did): the encoder, hence every latent the
+    diffusion models were trained on, stays exactly the same, while reconstructions get sharper."""
+    from diffusers import AutoencoderKL
+
+    t0 = time.time()
+    vae = AutoencoderKL.from_pretrained(_final(run, "vae"))
+    for module in (vae.encoder, vae.quant_conv):
+        module.requires_grad_(False)
+    pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
+        return _vae_loss(vae, to_unit(pixels[idx]), gen, 0.0)
+
+    vae = train_loop(cfg, vae, loss_fn, "vae_decoder").eval()
+    vae.save_pretrained(Path(run) / "vae_decoder" / "final")
+    _record(run, "vae_decoder", cfg, time.time() - t0)
+
+
+def trained_vae_path(run: Path) -> Path:
+    """The decoder-fine-tuned VAE when there is one, else the VAE (their encoders are identical)."""
+    tuned = Path(run) / "vae_decoder" / "final"
+    return tuned if tuned.exists() else _final(run, "vae")
 
 
 @torch.no_grad()
@@ -295,7 +324,7 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
     if "clip" in stages:
         clip.to(dtype).save_pretrained(dest / "clip")
         CLIPProcessor.from_pretrained(_final(run, "clip")).save_pretrained(dest / "clip")
-    vae = AutoencoderKL.from_pretrained(_final(run, "vae")).to(dtype)
+    vae = AutoencoderKL.from_pretrained(trained_vae_path(run)).to(dtype)
     if "sd" in stages:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i")).to(dtype)
         StableDiffusionPipeline(vae=vae, unet=unet, scheduler=DDIMScheduler.from_config(models.noise_schedule_config()),
