@@ -22,6 +22,17 @@ def tiny():
     return SimpleNamespace(ip2p=ip2p, sd=sd, clip=clip, processor=processor)
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny, tmp_path_factory):
+    """The tiny pipelines saved as a bundle folder (ip2p/, sd/, clip/), as `pairedit train export` writes one."""
+    root = tmp_path_factory.mktemp("tiny-bundle")
+    tiny.ip2p.save_pretrained(root / "ip2p")
+    tiny.sd.save_pretrained(root / "sd")
+    tiny.clip.save_pretrained(root / "clip")
+    tiny.processor.save_pretrained(root / "clip")
+    return root
+
+
 def bundled_available() -> bool:
     return all((BUNDLED[k] / f).exists() for k, f in
                (("ip2p", "model_index.json"), ("sd", "model_index.json"), ("clip", "config.json")))

@@ -26,14 +26,8 @@ MICRO = Suite("micro", directions=2, tests=1, visii_steps=2, caption_steps=2, sa
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny, tmp_path_factory):
-    """A bundle folder (ip2p/, sd/, clip/) of the tiny pipelines, as `pairedit train` exports one."""
-    root = tmp_path_factory.mktemp("bundle")
-    tiny.ip2p.save_pretrained(root / "ip2p")
-    tiny.sd.save_pretrained(root / "sd")
-    tiny.clip.save_pretrained(root / "clip")
-    tiny.processor.save_pretrained(root / "clip")
-    return root
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 def micro_config(bundle, tmp, **kw) -> BenchConfig:

@@ -11,13 +11,9 @@ from pairedit.cli import main
 
 
 @pytest.fixture(scope="module")
-def models(tiny, tmp_path_factory):
+def models(tiny_bundle):
     """--model and --clip folders: the tiny pipeline and CLIP saved with save_pretrained."""
-    root = tmp_path_factory.mktemp("models")
-    tiny.ip2p.save_pretrained(root / "ip2p")
-    tiny.clip.save_pretrained(root / "clip")
-    tiny.processor.save_pretrained(root / "clip")
-    return ["--model", str(root / "ip2p"), "--clip", str(root / "clip")]
+    return ["--model", str(tiny_bundle / "ip2p"), "--clip", str(tiny_bundle / "clip")]
 
 
 @pytest.fixture(scope="module")

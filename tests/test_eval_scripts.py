@@ -30,14 +30,9 @@ def load_script(name: str):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, tiny):
+def model_dirs(tiny_bundle):
     """The tiny pipelines saved as model folders, so the scripts run their real loading code."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    tiny.sd.save_pretrained(root / "sd")
-    tiny.ip2p.save_pretrained(root / "ip2p")
-    tiny.clip.save_pretrained(root / "clip")
-    tiny.processor.save_pretrained(root / "clip")
-    return {k: str(root / k) for k in ("sd", "ip2p", "clip")}
+    return {k: str(tiny_bundle / k) for k in ("sd", "ip2p", "clip")}
 
 
 @pytest.fixture

@@ -29,13 +29,8 @@ def eval_visii():
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny, tmp_path_factory):
-    """A bundle folder (ip2p/, clip/) of the tiny pipelines, as `pairedit train` exports one."""
-    root = tmp_path_factory.mktemp("bundle")
-    tiny.ip2p.save_pretrained(root / "ip2p")
-    tiny.clip.save_pretrained(root / "clip")
-    tiny.processor.save_pretrained(root / "clip")
-    return root
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 def tiny_argv(bundle, tmp: Path) -> list[str]:
