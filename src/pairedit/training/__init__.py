@@ -44,6 +44,8 @@ def add_cli(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
+                   help="autocast forward passes (Accelerate); weights and checkpoints stay fp32 (default: no)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
@@ -76,7 +78,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
-    for name in ("steps", "batch_size", "lr", "threads"):
+    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

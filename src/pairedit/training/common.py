@@ -39,6 +39,9 @@ class LoopConfig:
     ckpt_every: int = 250
     log_every: int = 25
     threads: int | None = None
+    # 'bf16' autocasts forward passes (Accelerate); measured 1.3x faster UNet steps on this AVX512-BF16 CPU.
+    # Weights, optimiser state and checkpoints stay fp32.
+    mixed_precision: str = "no"
 
 
 def lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
@@ -135,7 +138,7 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     params = [p for p in model.parameters() if p.requires_grad]

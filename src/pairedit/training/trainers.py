@@ -191,7 +191,7 @@ def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: t
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
     z_t = scheduler.add_noise(z0, noise, t)
     x = z_t if image_cond is None else torch.cat([z_t, image_cond], dim=1)
-    return F.mse_loss(unet(x, t, encoder_hidden_states=text).sample, noise)
+    return F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise)
 
 
 @torch.no_grad()
