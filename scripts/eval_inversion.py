@@ -12,9 +12,7 @@ prompt, it measures the tables of PTI §4.3 (Dong et al. 2023):
 - Table 2: reconstruction PSNR/SSIM of the autoencoder alone, DDIM inversion at ω = 7.5, NTI and PTI
   (each with its config class's paper defaults);
 - Table 3: NTI and PTI PSNR after 1–5 iterations per timestep at β = 0.01 and 0.1;
-- Table 1: DDIM inversion under guidance ω_enc, reconstruction under ω_dec. ``inversion.ddim_invert``
-  conditions ε on one embedding (ω = 0 with ∅, ω = 1 with c), so the ω_enc case is built here from the
-  library's ``ddim_schedule``, ``cfg_eps`` and ``ddim_step`` (``guided_ddim_inversion``);
+- Table 1: DDIM inversion under guidance ω_enc (``DDIMConfig.invert_guidance``), reconstruction under ω_dec;
 
 and editing on held-out edit pairs (``heldout_pairs``; before caption → after caption): PTI over η
 (condition interpolation, Eq. 9) and DDIM-Edit, scored for fidelity to the input (PSNR, CLIP image
@@ -51,16 +49,13 @@ from pairedit.images import atomic_write, fit, to_pil
 from pairedit.inversion import (
     DDIMConfig,
     Inversion,
-    cfg_eps,
-    ddim_schedule,
-    ddim_step,
     edit,
     encode_image,
     invert,
     make_config,
     reconstruct,
 )
-from pairedit.sampling import decode_latents, encode_text
+from pairedit.sampling import decode_latents
 from pairedit.training.evaluate import heldout_pairs, heldout_scenes
 
 # The papers' numbers (Stable Diffusion 1.x, 512×512 COCO / ImageNet), printed next to ours for reference.
@@ -249,33 +244,13 @@ def identity_scores(clip: metrics.ClipFeatures, items: Sequence[Item]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Inversion pieces the library lacks: the autoencoder bound and guided DDIM inversion (Table 1)
+# The autoencoder bound (PTI Table 2 "AE")
 
 
 def ae_reconstruction(sd, image: Image.Image) -> Image.Image:
     """DEC(ENC(I)): the autoencoder alone, the upper bound of every latent inversion (PTI Table 2 "AE")."""
     with torch.no_grad():
         return to_pil(decode_latents(sd, encode_image(sd, image)))[0]
-
-
-@torch.no_grad()
-def guided_ddim_inversion(sd, image: Image.Image, prompt: str, cfg: DDIMConfig, omega_enc: float) -> Inversion:
-    """DDIM inversion (PTI Eq. 6) with ε under classifier-free guidance ω_enc and the source prompt (Table 1).
-
-    ω_enc = 0 is the library's ``invert(…, "ddim")``; other values run the same step with ``cfg_eps``.
-    """
-    if omega_enc == 0:
-        return invert(sd, image, "ddim", prompt=prompt, config=cfg)
-    schedule = ddim_schedule(sd, cfg.steps, cfg.encode_ratio)
-    cond, uncond = encode_text(sd, prompt).float(), encode_text(sd, "").float()
-    z = encode_image(sd, image)
-    trajectory = [z]
-    for i in reversed(range(len(schedule.timesteps))):
-        eps = cfg_eps(sd.unet, z, schedule.timesteps[i], cond, uncond, omega_enc)
-        z = ddim_step(z, eps, schedule.alpha_prev[i], schedule.alpha[i])
-        trajectory.append(z)
-    return Inversion(method="ddim", config=cfg, prompt=prompt, timesteps=schedule.timesteps.cpu(),
-                     latents=torch.stack(trajectory).cpu())
 
 
 def with_guidance(inv: Inversion, omega: float | None) -> Inversion:
@@ -296,8 +271,8 @@ def config(method: str, plan: Plan, **overrides):
     return make_config(method, steps=plan.steps, **overrides)
 
 
-def recon_setting(method: str, cfg, omega_enc: float = 0.0) -> str:
-    return f"recon {method} {describe(cfg)} omega_enc={omega_enc}"
+def recon_setting(method: str, cfg) -> str:
+    return f"recon {method} {describe(cfg)}"
 
 
 def edit_setting(method: str, cfg, eta: float | None = None) -> str:
@@ -315,17 +290,13 @@ def ae_job(sd, item: Item) -> Job:
     return Job(item.key, [AE_SETTING], run)
 
 
-def recon_job(sd, item: Item, method: str, cfg, omegas_dec: Sequence[float | None] = (None,),
-              omega_enc: float = 0.0) -> Job:
-    """Invert once (under ω_enc for DDIM), reconstruct under each ω_dec (None: the config's ω)."""
-    by_setting = {recon_setting(method, replace(cfg, guidance=cfg.guidance if d is None else d), omega_enc): d
+def recon_job(sd, item: Item, method: str, cfg, omegas_dec: Sequence[float | None] = (None,)) -> Job:
+    """Invert once (under the config's ω_enc for DDIM), reconstruct under each ω_dec (None: the config's ω)."""
+    by_setting = {recon_setting(method, replace(cfg, guidance=cfg.guidance if d is None else d)): d
                   for d in omegas_dec}
 
     def run(missing):
-        if method == "ddim":
-            inv, t_inv = timed(guided_ddim_inversion, sd, item.before, item.caption, cfg, omega_enc)
-        else:
-            inv, t_inv = timed(invert, sd, item.before, method, prompt=item.caption, config=cfg)
+        inv, t_inv = timed(invert, sd, item.before, method, prompt=item.caption, config=cfg)
         out = {}
         for setting in missing:
             rec, t_rec = timed(reconstruct, sd, with_guidance(inv, by_setting[setting]))
@@ -375,7 +346,8 @@ def table3_settings(plan: Plan) -> dict[tuple[float, str, int], str]:
 
 def table1_settings(plan: Plan) -> dict[tuple[float, float], str]:
     base = config("ddim", plan)
-    return {(e, d): recon_setting("ddim", replace(base, guidance=d), e) for e in plan.omegas for d in plan.omegas}
+    return {(e, d): recon_setting("ddim", replace(base, guidance=d, invert_guidance=e))
+            for e in plan.omegas for d in plan.omegas}
 
 
 def editing_settings(plan: Plan) -> dict[str, str]:
@@ -401,7 +373,7 @@ def measure(sd, clip, plan: Plan, cache: Cache) -> tuple[list[Item], list[Item]]
     scenes, pairs = scene_items(plan.n, size), pair_items(plan.n, size)
     ddim = config("ddim", plan)
     jobs = [ae_job(sd, it) for it in scenes]
-    jobs += [recon_job(sd, it, "ddim", ddim, plan.omegas, omega_enc=e) for it in scenes for e in plan.omegas]
+    jobs += [recon_job(sd, it, "ddim", replace(ddim, invert_guidance=e), plan.omegas) for it in scenes for e in plan.omegas]
     jobs += [recon_job(sd, it, m, config(m, plan)) for it in scenes for m in ("ddim", "nti", "pti")]
     run_jobs(jobs, cache, "reconstruction (Tables 1, 2)")
     jobs = []
@@ -608,9 +580,8 @@ def table1_section(cache: Cache, plan: Plan, keys: Sequence[str]) -> str:
         "## Guidance during inversion and sampling (PTI Table 1)",
         "",
         "DDIM inversion under guidance ω_enc with the source prompt, reconstruction under ω_dec (bold: the best "
-        f"of each row). Settings: `{describe(config('ddim', plan))}` with the guidance replaced by ω_dec. "
-        "`inversion.ddim_invert` conditions ε on one embedding (∅ for ω = 0, the prompt for ω = 1); for "
-        "other ω_enc this script runs the same loop with `cfg_eps` (`guided_ddim_inversion`).",
+        f"of each row). Settings: `{describe(config('ddim', plan))}` "
+        "with `invert_guidance` = ω_enc and the guidance replaced by ω_dec.",
         "",
         md_table(["", *[f"ω_dec = {d:g}" for d in plan.omegas], "paper"], rows),
         "",

@@ -250,3 +250,19 @@ def test_instructpix2pix_checkpoint_refused(tiny, image, method):
     with pytest.raises(UserError, match=r"needs a text-to-image checkpoint \(4 input channels\) such as "
                                         r"runwayml/stable-diffusion-v1-5"):
         invert(tiny.ip2p, image, method)
+
+
+def test_guided_ddim_inversion_is_eq5_between_the_two_embeddings(tiny):
+    """ω_enc (PTI Table 1): ω = 1 is the conditional inversion, ω = 0 the unconditional one."""
+    sd = tiny.sd
+    cond, uncond = encode_text(sd, "a red circle"), encode_text(sd, "")
+    z0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.1
+    schedule = ddim_schedule(sd, 5)
+    assert torch.equal(ddim_invert(sd, z0, schedule, uncond, cond, guidance=1.0)[-1],
+                       ddim_invert(sd, z0, schedule, cond)[-1])
+    assert torch.equal(ddim_invert(sd, z0, schedule, uncond, cond, guidance=0.0)[-1],
+                       ddim_invert(sd, z0, schedule, uncond)[-1])
+    assert not torch.allclose(ddim_invert(sd, z0, schedule, uncond, cond, guidance=5.0)[-1],
+                              ddim_invert(sd, z0, schedule, uncond)[-1])
+    with pytest.raises(ValueError):
+        ddim_invert(sd, z0, schedule, uncond, guidance=2.0)

@@ -64,9 +64,12 @@ class DDIMConfig:
     steps: int = 50  # PTI §4.1: a 50-step DDIM schedule, Stable Diffusion's other settings kept
     guidance: float = 7.5  # ω when sampling (PTI §4.3, Table 2)
     encode_ratio: float = 0.8  # PTI §4.2, Fig. 4: "for all methods … the DDIM encoding ratio [is] 0.8"
+    invert_guidance: float = 0.0  # ω_enc of the inversion itself; PTI Eq. 6 and §4.3 use ω = 0 (Table 1 varies it)
 
     def __post_init__(self) -> None:
         _check_common(self)
+        if not self.invert_guidance >= 0:
+            raise UserError(f"inversion guidance must be ≥ 0, got {self.invert_guidance}")
 
 
 @dataclass(frozen=True)
@@ -213,19 +216,22 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 @torch.no_grad()
-def ddim_invert(pipe, z0: torch.Tensor, schedule: DDIMSchedule, emb: torch.Tensor,
-                progress: bool = False) -> list[torch.Tensor]:
+def ddim_invert(pipe, z0: torch.Tensor, schedule: DDIMSchedule, uncond: torch.Tensor,
+                cond: torch.Tensor | None = None, guidance: float = 0.0, progress: bool = False) -> list[torch.Tensor]:
     """DDIM inversion (PTI Eq. 6): the trajectory [z*_0, z*_1, …, z*_n] from the clean latent up.
 
-    ``emb`` conditions ε; pass the null-text embedding for the unconditional (ω = 0) inversion
-    all three methods here use. Step i goes from ᾱ_prev[i] up to ᾱ[i] with ε(z, t_i), the
-    convention of diffusers' DDIMInverseScheduler.
+    ε is guided with ω = ``guidance`` between ``uncond`` and ``cond`` (PTI Eq. 5); the default ω = 0
+    is the unconditional inversion all three methods here use, other ω are PTI Table 1's ω_enc.
+    Step i goes from ᾱ_prev[i] up to ᾱ[i] with ε(z, t_i), the convention of diffusers'
+    DDIMInverseScheduler.
     """
+    if guidance != 0 and cond is None:
+        raise ValueError("DDIM inversion with guidance ω ≠ 0 needs the conditional embedding")
     trajectory = [z0.float()]
     z = z0.float()
     with _bar(len(schedule.timesteps), "DDIM inversion", progress) as bar:
         for i in reversed(range(len(schedule.timesteps))):
-            eps = unet_eps(pipe.unet, z, schedule.timesteps[i], emb)
+            eps = cfg_eps(pipe.unet, z, schedule.timesteps[i], cond if cond is not None else uncond, uncond, guidance)
             z = ddim_step(z, eps, schedule.alpha_prev[i], schedule.alpha[i])
             trajectory.append(z)
             bar.update(1)
@@ -447,8 +453,8 @@ def invert(pipe, image: Image.Image, method: str = "pti", prompt: str = "", conf
     cond, uncond = _embed(pipe, prompt), _embed(pipe, "")
     # 1. Encode the image: z*_0 = ENC(I)
     z0 = encode_image(pipe, image)
-    # 2. DDIM inversion with ω = 0 (PTI Eq. 6, Alg. 1 lines 2–3): the trajectory {z*_t}
-    trajectory = ddim_invert(pipe, z0, schedule, uncond, progress=progress)
+    # 2. DDIM inversion, with ω = 0 unless the DDIM config says otherwise (PTI Eq. 6, Alg. 1 lines 2–3)
+    trajectory = ddim_invert(pipe, z0, schedule, uncond, cond, getattr(cfg, "invert_guidance", 0.0), progress)
     # 3. Optimise the per-timestep embedding along the trajectory
     conds = unconds = None
     if method == "nti":
