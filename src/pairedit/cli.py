@@ -7,7 +7,9 @@ Ctrl-C exits 130 after the running command has saved what it can.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .errors import UserError
 
@@ -59,9 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # `kill PID` (SIGTERM) gets the same treatment as Ctrl-C: training, learning and benchmarks save
+    # their checkpoint and stop. Background jobs started by a shell ignore SIGINT, so this is the way to
+    # stop them cleanly.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return int(args.func(args) or 0)
     except UserError as err:
