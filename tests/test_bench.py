@@ -214,3 +214,15 @@ def test_cli_quick_suite_end_to_end(bundle, tmp_path, capsys):
     assert "Suite **quick**" in text and "--directions 1 --visii-steps 2" in text
     assert main([*args]) == 0
     assert f"(0 computed, {len(METHODS)} reused" in capsys.readouterr().out
+
+
+def test_result_keys_follow_the_method_defaults():
+    """A cached VISII or PTI result depends on its config's defaults (e.g. VISII's loss_on), so they are keyed."""
+    from dataclasses import asdict
+
+    from pairedit.inversion import PTIConfig
+    from pairedit.visii import VisiiConfig
+
+    assert METHODS["visii-mseclip-cap-1p-fixed"].defaults() == asdict(VisiiConfig())
+    assert METHODS["pti"].defaults() == asdict(PTIConfig())
+    assert METHODS["ip2p"].defaults() == {}

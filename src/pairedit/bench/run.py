@@ -104,8 +104,8 @@ class Context:
     def unit_key(self, unit: Unit) -> str:
         m = unit.method
         return key_of({"method": m.name, "params": m.params, "direction": unit.direction.key, "test": unit.test,
-                       "settings": {s: getattr(self.suite, s) for s in m.settings}, "seed": self.seed,
-                       "model": self.fingerprints[m.model], "clip": self.fingerprints["clip"]})
+                       "settings": {s: getattr(self.suite, s) for s in m.settings}, "defaults": m.defaults(),
+                       "seed": self.seed, "model": self.fingerprints[m.model], "clip": self.fingerprints["clip"]})
 
     @staticmethod
     def unit_path(unit: Unit, key: str) -> str:
