@@ -2,7 +2,7 @@
 
 Writes OUT/editing.md, with its plots and raw numbers in OUT/editing/ (``--out docs`` by default)::
 
-    OMP_NUM_THREADS=2 python scripts/eval_editing.py                 # 64 held-out edit pairs, every setting
+    OMP_NUM_THREADS=2 python scripts/eval_editing.py                 # 16 held-out edit pairs, every setting
     OMP_NUM_THREADS=2 python scripts/eval_editing.py --quick         # 8 pairs, fewer settings
     python scripts/eval_editing.py --ip2p PATH/ip2p --sd PATH/sd --clip PATH/clip --n 16 --out /tmp/edit
 
@@ -43,7 +43,7 @@ import eval_inversion as ei  # noqa: E402  (the sibling script: Cache, jobs, sco
 class Plan:
     """Pairs, step counts (None = each method's default) and the sweep of each method."""
 
-    n: int = 64
+    n: int = 16  # ≈3 min per pair for every curve on this CPU; the same pairs as eval_inversion's editing sweep
     steps: int | None = None  # IP2P default 20 Euler-ancestral steps, SDEdit/DDIM/PTI 50 DDIM steps
     s_images: tuple[float, ...] = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)  # IP2P Fig. 8
     s_texts: tuple[float, ...] = (5.0, 7.5, 10.0)  # 7.5 is Fig. 8's; the others are extra curves
@@ -51,7 +51,7 @@ class Plan:
     inversion: ei.Plan = ei.FULL  # its etas (and steps) drive DDIM-Edit and PTI
 
     def inversion_plan(self) -> ei.Plan:
-        return replace(self.inversion, n=self.n, steps=self.steps)
+        return replace(self.inversion, n=self.n, n_sweeps=self.n, steps=self.steps)
 
 
 FULL = Plan()
