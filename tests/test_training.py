@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from pairedit import models, world
 from pairedit.training import common
@@ -16,6 +16,7 @@ from pairedit.training.trainers import (
     T2ITrainConfig,
     VaeTrainConfig,
     export_bundle,
+    snapshot_unet,
     train_clip,
     train_ip2p,
     train_t2i,
@@ -88,6 +89,13 @@ def test_each_trainer_runs_and_export_loads(tiny_run):
     train_ip2p(again, IP2PTrainConfig(out=str(again / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8,
                                       base=str(bundle / "ip2p"), **few))
     assert (again / "ip2p" / "final" / "config.json").exists()
+    # A snapshot rebuilds the final model from the last checkpoint's EMA weights (here: the same step).
+    final = UNet2DConditionModel.from_pretrained(again / "ip2p" / "final")
+    (again / "ip2p" / "final" / "config.json").unlink()  # the snapshot must not need the old final folder
+    snapshot_unet(again, "ip2p")
+    snap = UNet2DConditionModel.from_pretrained(again / "ip2p" / "final")
+    for a, b in zip(final.state_dict().values(), snap.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_widen_conv_in_zero_initialises_new_channels(tiny):

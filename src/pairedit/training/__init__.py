@@ -12,6 +12,7 @@ from .trainers import (
     T2ITrainConfig,
     VaeTrainConfig,
     export_bundle,
+    snapshot_unet,
     train_clip,
     train_ip2p,
     train_t2i,
@@ -36,8 +37,10 @@ def add_cli(sub) -> None:
         description="Train one stage of the embedded default. Stages read earlier stages from --run; rerunning "
                     "a stage resumes from its last checkpoint. Run under `accelerate launch -m pairedit.cli train ...` "
                     "for several processes/GPUs.")
-    p.add_argument("stage", choices=["tokenizer", *STAGES, "export", "eval"],
-                   help="what to train; 'export' writes the bundle, 'eval' measures a bundle's quality gates")
+    p.add_argument("stage", choices=["tokenizer", *STAGES, "snapshot", "export", "eval"],
+                   help="what to train; 'snapshot' writes STAGE/final from the latest checkpoint's EMA weights while "
+                        "training goes on (see --of), 'export' writes the bundle, 'eval' measures a bundle's quality gates")
+    p.add_argument("--of", default="ip2p", choices=("t2i", "ip2p"), help="snapshot only: which stage (default: ip2p)")
     p.add_argument("--run", default="runs/default", help="run folder for data, checkpoints and logs (default: runs/default)")
     p.add_argument("--steps", type=int, help="optimisation steps (default: per stage, see pairedit.training.STAGES)")
     p.add_argument("--batch-size", type=int, help="batch size per process")
@@ -72,6 +75,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(args.threads)
         print(json.dumps(evaluate_all(args.models, Path(args.out), tuple(args.only.split(","))), indent=1))
+        return 0
+    if args.stage == "snapshot":
+        print(f"wrote {snapshot_unet(run, args.of)}")
         return 0
     if args.stage == "export":
         export_bundle(run, **({"dest": Path(args.dest)} if args.dest else {}))

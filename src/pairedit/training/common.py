@@ -87,6 +87,8 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, opt, ema, c
     meta = {"step": step, "optimizer": opt_meta, "config": asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else cfg,
             "ema_optimization_step": getattr(ema, "optimization_step", None)}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=str))
+    if hasattr(model, "save_config"):  # diffusers models: lets `pairedit train snapshot` rebuild it
+        model.save_config(tmp)
     final = folder / f"step_{step:07d}"
     if final.exists():
         for f in final.iterdir():

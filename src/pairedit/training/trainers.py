@@ -17,6 +17,7 @@ trainer fine-tunes a real Stable Diffusion into an InstructPix2Pix model on a GP
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import models, world
-from .common import LoopConfig, train_loop, write_json
+from .common import LoopConfig, latest_checkpoint, load_weights, train_loop, write_json
 from .data import pairs_dataset, partial_caption, scenes_dataset, to_clip_input, to_unit
 
 
@@ -296,6 +297,28 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     unet = train_loop(cfg, unet, loss_fn, "ip2p")
     unet.save_pretrained(Path(run) / "ip2p" / "final")
     _record(run, "ip2p", cfg, time.time() - t0)
+
+
+def snapshot_unet(run: Path, stage: str) -> Path:
+    """Write ``<stage>/final`` from the latest checkpoint's EMA weights, without stopping the training.
+
+    The training run keeps going from its checkpoints; the snapshot is what ``export`` and ``eval`` read.
+    """
+    from diffusers import UNet2DConditionModel
+
+    stage_dir = Path(run) / stage
+    ckpt = latest_checkpoint(stage_dir / "checkpoints")
+    if ckpt is None:
+        raise models.ModelNotAvailable(f"{stage_dir / 'checkpoints'} has no checkpoint to snapshot")
+    config = ckpt / "config.json" if (ckpt / "config.json").exists() else stage_dir / "final" / "config.json"
+    if not config.exists():
+        raise models.ModelNotAvailable(f"{ckpt} has no model config and {stage_dir / 'final'} does not exist")
+    unet = load_weights(ckpt, UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config)))
+    final = stage_dir / "final"
+    unet.save_pretrained(final)
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    write_json(final / "snapshot.json", {"checkpoint": ckpt.name, "step": step})
+    return final
 
 
 # ----------------------------------------------------------------------------------------------
