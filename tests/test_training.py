@@ -103,3 +103,15 @@ def test_widen_conv_in_zero_initialises_new_channels(tiny):
     w = wide.conv_in.weight
     assert w.shape[1] == 8 and torch.all(w[:, 4:] == 0)
     torch.testing.assert_close(w[:, :4], tiny.sd.unet.conv_in.weight)
+
+
+def test_memoised_text_embeddings_equal_fresh_ones(tiny):
+    from pairedit.training.trainers import FrozenTextEmbeddings, _embed
+
+    te, tok = tiny.ip2p.text_encoder, tiny.ip2p.tokenizer
+    embed = FrozenTextEmbeddings(te, tok, max_items=3)
+    texts = ["make it red", "", "make it red", "add a star"]
+    torch.testing.assert_close(embed(texts), _embed(te, tok, texts))
+    assert len(embed.cache) == 3
+    torch.testing.assert_close(embed(["turn it into a drawing"]), _embed(te, tok, ["turn it into a drawing"]))
+    assert len(embed.cache) == 1  # over max_items: the memo starts again
