@@ -47,8 +47,9 @@ def add_cli(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
-                   help="autocast forward passes (Accelerate); weights and checkpoints stay fp32 (default: no)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="autocast forward passes (Accelerate); weights and checkpoints stay fp32. bf16 runs on CPUs "
+                        "with AVX512-BF16/AMX and on GPUs, fp16 on GPUs only (default: no)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
