@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +154,11 @@ def grid(rows: list[list[Image.Image]], labels: list[str] | None = None, row_lab
         draw.text((left + pad + j * (cell + pad), 1), text[:22], fill="black")
     for i, row in enumerate(rows):
         y = top + pad + i * (cell + pad)
-        if row_labels:
-            draw.text((2, y + cell // 2 - 6), row_labels[i][:18], fill="black")
+        if row_labels:  # wrapped to the label column (~18 characters a line), as many lines as fit the cell
+            lines = textwrap.wrap(row_labels[i], 18)[: max(1, cell // 12)]
+            y0 = y + cell // 2 - 6 * len(lines)
+            for k, line in enumerate(lines):
+                draw.text((2, y0 + 12 * k), line, fill="black")
         for j, im in enumerate(row):
             resample = Image.NEAREST if im.width < cell else Image.BICUBIC
             out.paste(im.resize((cell, cell * im.height // im.width), resample), (left + pad + j * (cell + pad), y))
