@@ -178,7 +178,8 @@ def write_report(out: Path, names: dict[str, str], plan: Plan, cache: ei.Cache, 
         "# Text-driven editing: InstructPix2Pix, SDEdit, DDIM-Edit, Prompt Tuning Inversion",
         f"Measured by `scripts/eval_editing.py` on {len(items)} held-out world edit pairs "
         "(`training.evaluate.heldout_pairs`, without the pairs whose after-image equals the before-image). "
-        f"Models: InstructPix2Pix `{names['ip2p']}`, text-to-image `{names['sd']}`, CLIP metrics `{names['clip']}`. "
+        f"Models: InstructPix2Pix {models.describe(names['ip2p'], 'ip2p')}, text-to-image "
+        f"{models.describe(names['sd'], 'sd')}, CLIP metrics `{names['clip']}`. "
         "InstructPix2Pix gets the pair's written instruction; SDEdit the after caption; DDIM-Edit and PTI invert "
         "the before-image with the before caption and sample towards the after caption. Steps: "
         + ", ".join(f"{k} {v}" for k, v in steps.items()) + f"; seed {SEED}. Each curve trades fidelity "

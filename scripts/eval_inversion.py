@@ -634,6 +634,8 @@ def write_report(out: Path, sd_name: str, clip_name: str, plan: Plan, cache: Cac
                  pairs: Sequence[Item], clip, command: str) -> Path:
     keys = [s.key for s in scenes]
     sweep = keys[:plan.n_sweeps]
+    steps = models.trained_steps(sd_name, "sd")
+    trained = "" if steps is None else f", UNet trained {steps:,} steps"
     figures = out / "inversion"
     identity = identity_scores(clip, pairs)
     plot_table1(cache, plan, sweep, figures / "table1.png")
@@ -641,7 +643,7 @@ def write_report(out: Path, sd_name: str, clip_name: str, plan: Plan, cache: Cac
     plot_editing(cache, plan, [p.key for p in pairs], identity, figures / "editing.png")
     text = "\n\n".join([
         "# Inversion and caption-driven editing: DDIM, null-text inversion, Prompt Tuning Inversion",
-        f"Measured by `scripts/eval_inversion.py` on the text-to-image model `{sd_name}` (CLIP metrics: "
+        f"Measured by `scripts/eval_inversion.py` on the text-to-image model `{sd_name}`{trained} (CLIP metrics: "
         f"`{clip_name}`), {len(scenes)} held-out world images (`training.evaluate.heldout_scenes`; Table 2 uses "
         f"all of them, Tables 1 and 3 the first {len(sweep)}) and {len(pairs)} held-out edit pairs "
         "(`heldout_pairs`, without the pairs whose after-image equals the "

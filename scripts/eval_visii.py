@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pairedit import __version__, metrics, world
+from pairedit import __version__, metrics, models, world
 from pairedit.bench.cache import key_of
 from pairedit.bench.methods import score, style_candidates
 from pairedit.bench.run import resolve_models
@@ -580,7 +580,8 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
         "# VISII on the paired-edit world: one example pair vs InstructPix2Pix", "",
         "Written by `scripts/eval_visii.py` — do not edit by hand; rerun the command below.", "",
         "```bash", command, "```", "",
-        f"- pairedit {__version__}, {datetime.date.today().isoformat()}; models: InstructPix2Pix `{ctx.names.ip2p}` "
+        f"- pairedit {__version__}, {datetime.date.today().isoformat()}; models: "
+        f"InstructPix2Pix `{models.describe(ctx.names.ip2p, 'ip2p')}` "
         f"(fingerprint {ctx.fingerprints['ip2p']}), CLIP `{ctx.names.clip}` (fingerprint {ctx.fingerprints['clip']}), "
         f"resolution {ctx.resolution}×{ctx.resolution}; torch threads {torch.get_num_threads()}.",
         f"- Sizes: {n_edit} held-out directions ({sizes.directions_per_category} per category × "

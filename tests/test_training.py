@@ -84,6 +84,8 @@ def test_each_trainer_runs_and_export_loads(tiny_run):
     clip, processor = models.load_clip(str(bundle / "clip"))
     assert clip.config.projection_dim == 32
     assert ip2p.vae.config.scaling_factor != 0.18215  # computed from this VAE's latents, as SD's was
+    assert models.trained_steps(str(bundle / "ip2p"), "ip2p") == 2  # recorded for the reports
+    assert models.describe(str(bundle / "sd"), "sd").endswith("(UNet trained 2 steps)")
     # A new run continues InstructPix2Pix training from the exported (fp16) bundle.
     again = run / "again"
     train_ip2p(again, IP2PTrainConfig(out=str(again / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8,

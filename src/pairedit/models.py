@@ -209,6 +209,21 @@ def resolve(name: str, kind: str) -> str:
     return name
 
 
+def trained_steps(name: str, kind: str) -> int | None:
+    """Optimisation steps of a pipeline folder's UNet as recorded by ``pairedit train export`` (None if unknown)."""
+    try:
+        path = Path(resolve(name, kind)) / "trained.json"
+        return int(json.loads(path.read_text())["step"]) if path.exists() else None
+    except (ModelNotAvailable, OSError, ValueError, KeyError):
+        return None
+
+
+def describe(name: str, kind: str) -> str:
+    """``name`` for reports, with the recorded training length when known: "bundled (UNet trained 4,000 steps)"."""
+    steps = trained_steps(name, kind)
+    return name if steps is None else f"{name} (UNet trained {steps:,} steps)"
+
+
 def _from_pretrained(cls, name: str, **kwargs):
     """from_pretrained that turns 'not downloadable here' into one clear message."""
     try:

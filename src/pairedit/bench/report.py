@@ -24,6 +24,7 @@ from PIL import Image
 from .. import __version__
 from ..images import atomic_write, fit, grid, save_image
 from ..metrics import METRIC_NAMES
+from ..models import describe
 from .methods import METHODS
 from .suite import KINDS, Plan
 
@@ -402,7 +403,7 @@ def write_report(plan: Plan, records: list[dict], info) -> Path:
         f"- VISII: {suite.visii_steps} learning steps (the paper uses 1000), PEZ caption init {suite.caption_steps} "
         f"steps; sampling {suite.sample_steps} Euler-ancestral steps (InstructPix2Pix, VISII); SDEdit "
         f"{suite.sdedit_steps} DDIM steps at strength 0.75; PTI {suite.pti_steps} DDIM steps; seed {cfg.seed}.",
-        f"- Models: InstructPix2Pix `{info.names.ip2p}` ({info.fingerprints['ip2p']}), text-to-image "
+        f"- Models: InstructPix2Pix `{describe(info.names.ip2p, 'ip2p')}` ({info.fingerprints['ip2p']}), text-to-image "
         f"`{info.names.sd}` ({info.fingerprints['sd']}), CLIP `{info.names.clip}` ({info.fingerprints['clip']}).",
         f"- Wall time of this run: {info.wall_seconds / 60:.1f} min; units computed now {stats.computed} "
         f"(main process), reused from the cache {stats.reused}, corrupt entries recomputed {stats.corrupt}; "

@@ -268,7 +268,7 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
         return denoising_loss(unet, scheduler, latents[idx].float() * sf, _embed(text_encoder, tokenizer, texts), gen)
 
     unet = train_loop(cfg, unet, loss_fn, "t2i")
-    unet.save_pretrained(Path(run) / "t2i" / "final")
+    _save_final(unet, run, "t2i", cfg.steps)
     _record(run, "t2i", cfg, time.time() - t0)
 
 
@@ -316,8 +316,16 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
         return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond)
 
     unet = train_loop(cfg, unet, loss_fn, "ip2p")
-    unet.save_pretrained(Path(run) / "ip2p" / "final")
+    _save_final(unet, run, "ip2p", cfg.steps)
     _record(run, "ip2p", cfg, time.time() - t0)
+
+
+def _save_final(unet, run: Path, stage: str, step: int) -> Path:
+    """``<stage>/final`` with ``trained.json`` saying after how many optimisation steps (read by ``export``)."""
+    final = Path(run) / stage / "final"
+    unet.save_pretrained(final)
+    write_json(final / "trained.json", {"step": step})
+    return final
 
 
 def snapshot_unet(run: Path, stage: str) -> Path:
@@ -335,11 +343,7 @@ def snapshot_unet(run: Path, stage: str) -> Path:
     if not config.exists():
         raise models.ModelNotAvailable(f"{ckpt} has no model config and {stage_dir / 'final'} does not exist")
     unet = load_weights(ckpt, UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config)))
-    final = stage_dir / "final"
-    unet.save_pretrained(final)
-    step = json.loads((ckpt / "state.json").read_text())["step"]
-    write_json(final / "snapshot.json", {"checkpoint": ckpt.name, "step": step})
-    return final
+    return _save_final(unet, run, stage, json.loads((ckpt / "state.json").read_text())["step"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,3 +382,7 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
         scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
         pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common)
         pipe.save_pretrained(dest / "ip2p")
+    for stage, folder in (("t2i", "sd"), ("ip2p", "ip2p")):  # how long each UNet trained, for reports
+        trained = Path(run) / stage / "final" / "trained.json"
+        if folder in stages and trained.exists():
+            write_json(dest / folder / "trained.json", json.loads(trained.read_text()))
