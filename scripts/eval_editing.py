@@ -105,13 +105,19 @@ def sdedit_job(sd, clip, item: ei.Item, settings: dict[str, SDEditConfig]) -> ei
     return ei.Job(item.key, list(settings), run)
 
 
-def measure(ip2p, sd, clip, plan: Plan, cache: ei.Cache) -> list[ei.Item]:
-    """Fill the cache with every (setting, pair) of the plan; returns the pairs."""
+def measure(ip2p, sd, clip, plan: Plan, cache: ei.Cache, adopt=None) -> list[ei.Item]:
+    """Fill the cache with every (setting, pair) of the plan; returns the pairs.
+
+    ``adopt()`` copies finished DDIM-Edit/PTI results from eval_inversion.py's cache; it is called again
+    before those jobs, as an eval_inversion.py running alongside may have finished them meanwhile.
+    """
     items = ei.pair_items(plan.n, resolution(sd))
     ip2p_cfgs = {s: ip2p_config(plan, t, i) for (t, i), s in ip2p_settings(plan).items()}
     sdedit_cfgs = {s: sdedit_config(plan, k) for k, s in sdedit_settings(plan).items()}
     ei.run_jobs([ip2p_job(ip2p, clip, it, ip2p_cfgs) for it in items], cache, "InstructPix2Pix")
     ei.run_jobs([sdedit_job(sd, clip, it, sdedit_cfgs) for it in items], cache, "SDEdit")
+    if adopt is not None and (reused := adopt()):
+        print(f"reusing {reused} more DDIM-Edit/PTI results from eval_inversion.py")
     ei.run_jobs(ei.inversion_edit_jobs(sd, clip, items, plan.inversion_plan()), cache, "DDIM-Edit and PTI")
     return items
 
@@ -227,11 +233,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     out = Path(args.out)
     sd_id = ei.models_id(sd.unet, sd.vae, sd.text_encoder, clip_model)
     cache = ei.Cache(out / "editing" / "results.json", f"{sd_id}+{ei.models_id(ip2p.unet, ip2p.vae, ip2p.text_encoder)}")
-    reused = cache.adopt(out / "inversion" / "results.json", sd_id,
-                         list(ei.editing_settings(plan.inversion_plan()).values()))
-    if reused:
+    inversion_settings = list(ei.editing_settings(plan.inversion_plan()).values())
+
+    def adopt() -> int:
+        return cache.adopt(out / "inversion" / "results.json", sd_id, inversion_settings)
+
+    if reused := adopt():
         print(f"reusing {reused} DDIM-Edit/PTI results from {out / 'inversion' / 'results.json'}")
-    items = measure(ip2p, sd, clip, plan, cache)
+    items = measure(ip2p, sd, clip, plan, cache, adopt)
     path = write_report(out, {"ip2p": args.ip2p, "sd": args.model, "clip": args.clip}, plan, cache, items, clip,
                         ei.command_line("eval_editing.py", argv))
     print(f"wrote {path}")
