@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics, models, world
 from ..editing import ip2p_edit
-from ..images import grid, save_image, to_tensor
+from ..images import atomic_write, grid, save_image, to_tensor
 
 
 def heldout_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
@@ -132,7 +132,10 @@ def time_load_and_edit(name: str = "bundled") -> dict:
 
 def evaluate_all(name: str, out: Path, which: tuple[str, ...] = ("clip", "vae", "t2i", "ip2p", "timing"),
                  clip_name: str | None = None) -> dict:
-    """Run the selected gates on a bundle (``bundled`` or a folder holding clip/, sd/, ip2p/)."""
+    """Run the selected gates on a bundle (``bundled`` or a folder holding clip/, sd/, ip2p/).
+
+    ``out/results.json`` keeps the gates not selected this time (each entry records the UNet's training steps).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     root = models.BUNDLED_DIR if name == "bundled" else Path(name)
@@ -150,5 +153,10 @@ def evaluate_all(name: str, out: Path, which: tuple[str, ...] = ("clip", "vae", 
         results["ip2p"] = eval_ip2p(models.load_ip2p(str(root / "ip2p")), grid_path=out / "ip2p_samples.png")
     if "timing" in which:
         results["timing"] = time_load_and_edit(str(root / "ip2p"))
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    for gate, folder in (("t2i", "sd"), ("ip2p", "ip2p")):
+        if gate in results:
+            results[gate]["unet_trained_steps"] = models.trained_steps(str(root / folder), folder)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    results = {**previous, **results}
+    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     return results
