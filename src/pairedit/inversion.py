@@ -453,8 +453,10 @@ def invert(pipe, image: Image.Image, method: str = "pti", prompt: str = "", conf
     cond, uncond = _embed(pipe, prompt), _embed(pipe, "")
     # 1. Encode the image: z*_0 = ENC(I)
     z0 = encode_image(pipe, image)
-    # 2. DDIM inversion, with ω = 0 unless the DDIM config says otherwise (PTI Eq. 6, Alg. 1 lines 2–3)
-    trajectory = ddim_invert(pipe, z0, schedule, uncond, cond, getattr(cfg, "invert_guidance", 0.0), progress)
+    # 2. DDIM inversion (PTI Eq. 6, Alg. 1 lines 2–3): ω = 0, as NTI and PTI tune along that trajectory;
+    #    plain DDIM may set another ω_enc (Table 1)
+    omega_enc = cfg.invert_guidance if isinstance(cfg, DDIMConfig) else 0.0
+    trajectory = ddim_invert(pipe, z0, schedule, uncond, cond, omega_enc, progress)
     # 3. Optimise the per-timestep embedding along the trajectory
     conds = unconds = None
     if method == "nti":

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
 from .. import world
 from ..images import fit
+from ..inversion import PTIConfig
+from ..visii import VisiiConfig
 
 
 @dataclass(frozen=True)
@@ -39,17 +41,11 @@ class Method:
     model: str = "ip2p"  # the pipeline it needs: "ip2p" or "sd" (text-to-image)
     settings: tuple[str, ...] = ("sample_steps",)  # Suite fields its result depends on (part of the cache key)
     label: str = ""
-    config: str = ""  # "module:Class" of the config whose defaults the result depends on (part of the cache key)
+    config: type | None = None  # the config class whose defaults the result depends on (part of the cache key)
 
     def defaults(self) -> dict:
         """The current defaults of ``config``: changing one (e.g. VISII's ``loss_on``) invalidates cached results."""
-        if not self.config:
-            return {}
-        import importlib
-        from dataclasses import asdict
-
-        module, cls = self.config.split(":")
-        return asdict(getattr(importlib.import_module(f"pairedit.{module}"), cls)())
+        return asdict(self.config()) if self.config else {}
 
     @property
     def row(self) -> str:
@@ -115,7 +111,7 @@ def _visii_methods() -> list[Method]:
         for noise in ("random", "fixed"):
             out.append(Method(
                 f"visii-{loss}-{init}-{n}p-{noise}", run_visii, dict(loss=loss, init=init, pairs=n, noise=noise),
-                settings=("sample_steps", "visii_steps", "caption_steps"), config="visii:VisiiConfig",
+                settings=("sample_steps", "visii_steps", "caption_steps"), config=VisiiConfig,
                 label=f"VISII, {n} pair(s), {'MSE' if loss == 'mse' else 'MSE + CLIP'} loss, init from "
                       f"{'the true instruction' if init == 'gt' else 'a PEZ caption'}, {noise} noise"))
     return out
@@ -127,7 +123,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            label="InstructPix2Pix with the PEZ caption of the example after-image as instruction"),
     Method("sdedit", run_sdedit, model="sd", settings=("sdedit_steps",),
            label="SDEdit (text-to-image model) with the true after-caption"),
-    Method("pti", run_pti, model="sd", settings=("pti_steps",), config="inversion:PTIConfig",
+    Method("pti", run_pti, model="sd", settings=("pti_steps",), config=PTIConfig,
            label="Prompt Tuning Inversion (text-to-image model), before- → after-caption"),
     *_visii_methods(),
 )}

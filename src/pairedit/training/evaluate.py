@@ -85,7 +85,7 @@ def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float
         hits.append(int((cand @ img[i]).argmax()) == 0)
     if grid_path is not None:
         rows = [[world.render(scenes[j]), images[j]] for j in range(8)]
-        save_image(grid(rows, labels=["true scene", "generated"], row_labels=[f"caption {j + 1}" for j in range(8)]),
+        save_image(grid(rows, labels=["true scene", "generated"], row_labels=captions[:8]),
                    grid_path)
     return {"r_precision_top1_of_10": float(np.mean(hits)), "n": n, "steps": steps, "guidance": guidance}
 

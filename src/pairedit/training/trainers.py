@@ -205,8 +205,8 @@ def _embed(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 class FrozenTextEmbeddings:
     """The frozen text encoder's outputs, memoised per sentence.
 
-    The world has a few thousand distinct instructions, so after the first steps a batch's conditioning
-    is a lookup (encoding it was ~10% of an InstructPix2Pix step on this CPU). Captions are too many.
+    The world has about 700 distinct instructions, so after the first steps a batch's conditioning is a
+    lookup (encoding it was ~10% of an InstructPix2Pix step on this CPU). Captions are too many to memoise.
     """
 
     def __init__(self, text_encoder, tokenizer, max_items: int = 10_000):
