@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from conftest import requires_bundled
 from pairedit import models, world
 from pairedit.training import common
 from pairedit.training.trainers import (
@@ -117,3 +118,18 @@ def test_memoised_text_embeddings_equal_fresh_ones(tiny):
     assert len(embed.cache) == 3
     torch.testing.assert_close(embed(["turn it into a drawing"]), _embed(te, tok, ["turn it into a drawing"]))
     assert len(embed.cache) == 1  # over max_items: the memo starts again
+
+
+@requires_bundled
+def test_vae_ceiling_of_the_bundled_autoencoder():
+    """The round trip is what a perfect latent edit outputs: near the image, and the ceiling the ip2p eval reports."""
+    from pairedit import metrics
+    from pairedit.images import to_pil, to_tensor
+    from pairedit.training.evaluate import heldout_pairs, vae_roundtrip
+
+    vae = AutoencoderKL.from_pretrained(models.BUNDLED_DIR / "ip2p" / "vae").float()
+    pairs = heldout_pairs(8, types=("background_night", "style_sketch"))
+    afters = [p.images()[1] for p in pairs]
+    rec = to_pil(vae_roundtrip(vae, to_tensor(afters)))
+    assert min(metrics.psnr(r, a) for r, a in zip(rec, afters)) > 22  # whole-image edits: far above the input
+    assert all(metrics.edit_success(p.images()[0], r, a) for p, r, a in zip(pairs, rec, afters))
