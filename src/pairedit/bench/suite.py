@@ -53,15 +53,16 @@ class Suite:
 # - quick: one direction of each of the 8 kinds × 1 test image, every method (144 units), 40 learning
 #   steps (7 learnings per direction), 10 sampling steps: measured 8 min 36 s end to end in one process
 #   under that load (499 s of units).
-# - full: 5 directions per kind × 3 test images (120 test pairs + 160 example pairs, 2160 units), 500
-#   learning steps (the `pairedit demo` budget; the paper's 1000 would double the learning time), the
-#   methods' default step counts. Estimated from the same per-step costs: ≈ 550 s per direction under
-#   that load (learning 375 s, captions 19 s, 3 test images × 52 s), ≈ 6 h in one process; on an idle
-#   machine about half, and about half again with two processes (≈ 1.5 h).
+# - full: 2 directions per kind × 3 test images (48 test pairs + 64 example pairs), 500 learning steps (the
+#   `pairedit demo` budget; the paper's 1000 would double the learning time), the methods' default step
+#   counts. Measured in eval_visii with one thread while the other core trained (load ≈ 2): a 1000-step
+#   learning with its 500-step caption and 6 edits ≈ 46 s, so ≈ 270 s per direction (7 learnings ≈ 120 s,
+#   3 test images × 16 edits + PTI ≈ 150 s): ≈ 75 min in one process, about half with two. Directions
+#   depend only on (seed, index), so a larger `--directions` reuses every cached unit of this one.
 SUITES: dict[str, Suite] = {
     "quick": Suite("quick", directions=8, tests=1, visii_steps=40, caption_steps=100, sample_steps=10, sdedit_steps=25,
                    pti_steps=20),
-    "full": Suite("full", directions=40, tests=3, visii_steps=500, caption_steps=300),
+    "full": Suite("full", directions=16, tests=3, visii_steps=500, caption_steps=300),
 }
 
 
