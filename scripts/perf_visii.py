@@ -256,7 +256,15 @@ def reading(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(results: dict, info: dict, command: str, load: tuple[str, str], repeat: int) -> str:
+BARRIER_NOTE = """
+With two torch threads on two cores that other processes also use, every parallel region waits at
+its barrier for whichever thread the scheduler has parked, so small operations (the bundled model)
+slow down several-fold and erratically; one thread is the meaningful figure under load.
+"""
+
+
+def write_doc(results: dict, info: dict, command: str, load: tuple[str, str], repeat: int, context: str) -> str:
+    barrier = BARRIER_NOTE if any(t > 1 for _, t in info["models"]) else ""
     steps = ", ".join(f"{n} steps on the {s} model" for s, n in STEPS.items())
     avx = "yes" if info["avx512"] else "no"
     threads = ", ".join(f"{s} {t}" for s, t in info["models"])
@@ -274,21 +282,13 @@ three guidance branches as the VISII reference implementation does. Written by `
 - load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}
 - command: `{command}`
 
-**The figures are under load.** Other jobs shared the two cores throughout (a background
-`pairedit train` run of two single-threaded processes, and at times a benchmark run): a load
-average above {info['nproc']} means processes were waiting for a core. Absolute times are therefore
-several times what an idle machine gives (compare /work/shared/figures.md, measured idle: for the
-full-size UNet, conditional forward + backward 4.0 s, two branches no-grad + conditional with grad 4.6 s,
-three branches all with autograd 7.7 s, conditional in bf16 2.2 s); the ratios between rows of one
-model and thread count are what to read. Each configuration ran {repeat}× (in whole rounds, so a change
-of load hits every row alike) and the lower time is kept.
-
-With two torch threads on two cores that other processes also use, every parallel region waits at
-its barrier for whichever thread the scheduler has parked, so small operations (the bundled model)
-slow down several-fold and erratically; the small model is therefore also measured with one thread,
-which is the meaningful figure under load. The full-size model's operations are large, so the
-barrier cost matters less there, but its repeated runs still differ widely (see "each run").
-
+**What else ran:** {context}. A load average up to {info['nproc']} means every process had a core
+of its own; above it, processes waited for a core and the times grow. For an idle machine compare
+/work/shared/figures.md (full-size UNet, 2 threads: conditional forward + backward 4.0 s, two branches
+no-grad + conditional with grad 4.6 s, three branches all with autograd 7.7 s, conditional in bf16 2.2 s);
+the ratios between rows of one model and thread count are what to read. Each configuration ran
+{repeat}× (in whole rounds, so a change of load hits every row alike) and the lower time is kept.
+{barrier}
 ## Results
 
 {steps}; s/step is the median over steps 2..N (the first step is warm-up), the lowest of the
@@ -362,6 +362,8 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only rewrite the document from the saved --results")
     ap.add_argument("--repeat", type=int, default=1, help="rounds over all runs; the lower time is kept")
     ap.add_argument("--threads", type=int, default=THREADS, help="torch threads of --one (default: %(default)s)")
+    ap.add_argument("--context", default="nothing else (an idle machine)",
+                    help="what else ran on the machine, written into the document (default: %(default)s)")
     ap.add_argument("--models", nargs="+", default=[f"{s}:{THREADS}" for s in STEPS], metavar="SIZE:THREADS",
                     help="model sizes and torch thread counts to measure (default: %(default)s)")
     args = ap.parse_args()
@@ -371,7 +373,8 @@ def main() -> int:
     if args.render:
         saved = json.loads(Path(args.results).read_text())
         results = {(r["size"], r["threads"], r["run"]): r for r in saved["results"]}
-        write_doc(results, saved["info"], saved["command"], tuple(saved["load"]), saved["repeat"])
+        write_doc(results, saved["info"], saved["command"], tuple(saved["load"]), saved["repeat"],
+                  saved.get("context", args.context))
         print(table(results))
         return 0
     models = [(m.split(":")[0], int(m.split(":")[1])) for m in args.models]
@@ -393,8 +396,8 @@ def main() -> int:
                     best["all_s_per_step"] = r["all_s_per_step"]
     info, load = dict(machine(), models=models), (load_before, loadavg())
     Path(args.results).write_text(json.dumps(dict(results=list(results.values()), info=info, command=command,
-                                                  load=load, repeat=args.repeat), indent=1))
-    write_doc(results, info, command, load, args.repeat)
+                                                  load=load, repeat=args.repeat, context=args.context), indent=1))
+    write_doc(results, info, command, load, args.repeat, args.context)
     print(table(results))
     print(f"\nwrote {DOC}")
     return 0

@@ -199,9 +199,9 @@ def test_fixed_noise_refuses_other_aspect_ratio(tiny, learned):
 def test_bundled_learning_moves_toward_true_after():
     """A short learn lowers the loss, and the learned edit moves held-out test images toward their true after.
 
-    It starts from the example's written instruction: with the bundled InstructPix2Pix UNet at 4,410
-    steps, 100 steps from a 100-step PEZ caption or from the vague "turn it into a drawing" do not yet
-    get there (measured in the session-2 notes; docs/visii.md measures the full 1,000-step runs).
+    It starts from the example's written instruction: with the bundled InstructPix2Pix UNet (4,410 steps
+    in session 2), 100 steps from a 100-step PEZ caption or from the vague "turn it into a drawing" did
+    not get there (session-2 notes); docs/visii.md measures the full 1,000-step caption-initialised runs.
     """
     from pairedit.images import fit, to_tensor
     from pairedit.models import load_clip, load_ip2p
