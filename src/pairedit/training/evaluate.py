@@ -101,22 +101,25 @@ def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float
 @torch.no_grad()
 def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = None) -> dict:
     pairs = heldout_pairs(n)
-    by_cat: dict[str, list] = {}
-    outputs = [ip2p_edit(pipe, [p.images()[0]], p.edit.instruction(wording=0), seed=i)[0]
-               for i, p in enumerate(tqdm(pairs, desc="ip2p eval", mininterval=5))]
+    befores, afters = zip(*(p.images() for p in pairs))
+    outputs = [ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=i)[0]
+               for i, (p, before) in enumerate(tqdm(list(zip(pairs, befores)), desc="ip2p eval", mininterval=5))]
     # The autoencoder ceiling: an edit whose change is smaller than the VAE's reconstruction error cannot
     # succeed through this VAE, however good the UNet.
-    ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor([p.images()[1] for p in pairs])))
-    for p, out, ceil in zip(pairs, outputs, ceilings):
-        before, after = p.images()
-        by_cat.setdefault(p.edit.category, []).append(
-            (metrics.edit_success(before, out, after), metrics.psnr(out, after), metrics.psnr(before, after),
-             metrics.edit_success(before, ceil, after)))
-    per_cat = {c: {"n": len(v), "edit_success": float(np.mean([x[0] for x in v])),
-                   "psnr_to_true_after": float(np.mean([x[1] for x in v])),
-                   "input_psnr_to_true_after": float(np.mean([x[2] for x in v])),
-                   "vae_ceiling_edit_success": float(np.mean([x[3] for x in v]))} for c, v in sorted(by_cat.items())}
-    allv = [x for v in by_cat.values() for x in v]
+    ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor(list(afters))))
+    by_cat: dict[str, list[dict]] = {}
+    for p, before, after, out, ceil in zip(pairs, befores, afters, outputs, ceilings):
+        by_cat.setdefault(p.edit.category, []).append({
+            "edit_success": metrics.edit_success(before, out, after),
+            "psnr_to_true_after": metrics.psnr(out, after),
+            "input_psnr_to_true_after": metrics.psnr(before, after),
+            "vae_ceiling_edit_success": metrics.edit_success(before, ceil, after)})
+
+    def means(rows: list[dict]) -> dict:
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+    per_cat = {c: {"n": len(v), **means(v)} for c, v in sorted(by_cat.items())}
+    overall = means([r for v in by_cat.values() for r in v])
     # The vague instruction: which drawing style does each output land on?
     rng = random.Random("vague")
     scenes = [world.scene_for(world.Edit("drawing", value="sketch"), rng, "test") for _ in range(n_vague)]
@@ -125,11 +128,11 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
              for s in scenes]
     shares = metrics.style_shares(outs, cands, inputs=[world.render(s) for s in scenes])
     if grid_path is not None:
-        rows = [[*pairs[j].images()[:1], outputs[j], pairs[j].images()[1]] for j in range(0, min(n, 70), 7)]
+        rows = [[befores[j], outputs[j], afters[j]] for j in range(0, min(n, 70), 7)]
         save_image(grid(rows, labels=["before", "InstructPix2Pix", "true after"],
                         row_labels=[pairs[j].edit.instruction(wording=0) for j in range(0, min(n, 70), 7)]), grid_path)
-    return {"edit_success": float(np.mean([x[0] for x in allv])), "n": len(allv), "per_category": per_cat,
-            "vae_ceiling_edit_success": float(np.mean([x[3] for x in allv])),
+    return {"edit_success": overall["edit_success"], "n": len(pairs), "per_category": per_cat,
+            "vae_ceiling_edit_success": overall["vae_ceiling_edit_success"],
             "vague_drawing_style_shares": shares, "steps": 20, "s_text": 7.5, "s_image": 1.5}
 
 
