@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,16 @@ def test_loop_resumes_exactly_after_interrupt(tmp_path):
     resumed = _train_linear(cfg_b, init_seed=123)  # a fresh model: everything must come from the checkpoint
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_resume_uses_this_runs_peak_lr(tmp_path):
+    cfg = common.LoopConfig(out=str(tmp_path / "a"), steps=4, batch_size=8, lr=1e-2, warmup=1, ckpt_every=4)
+    _train_linear(cfg, init_seed=0)
+    longer = common.LoopConfig(**{**cfg.__dict__, "steps": 6, "lr": 3e-2, "log_every": 1})
+    _train_linear(longer, init_seed=0)
+    logged = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    # the lr logged after step 5 is the new peak on the new cosine schedule, not the checkpoint's old peak
+    assert logged[-2]["lr"] == pytest.approx(3e-2 * common.lr_lambda(longer)(5))
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,8 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt, ema)
         accelerator.print(f"[{name}] resuming from {ckpt} (step {start})")
+    for g in opt.param_groups:  # this run's --lr, also when resuming a checkpoint saved with another peak
+        g["initial_lr"] = cfg.lr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=-1)
     for g in opt.param_groups:
         g["lr"] = g["initial_lr"] * lr_lambda(cfg)(start)
