@@ -93,6 +93,20 @@ def test_edit_success():
     assert M.edit_success(truth, truth, truth) is False  # nothing to improve
 
 
+def test_psnr_kept_and_changed_split_the_image_by_the_true_edit():
+    before = np.zeros((8, 8, 3), np.uint8)
+    truth = before.copy()
+    truth[:, :4] = 200  # the edit changes the left half
+    out = truth.astype(int).copy()
+    out[:, 4:] += 10  # right half (kept by the edit) drifted by 10 levels
+    out[:, :4] -= 20  # left half (the edit) is 20 levels short
+    img = lambda a: Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))  # noqa: E731
+    assert M.psnr_kept(img(before), img(out), img(truth)) == pytest.approx(10 * np.log10(255**2 / 100))
+    assert M.psnr_changed(img(before), img(out), img(truth)) == pytest.approx(10 * np.log10(255**2 / 400))
+    assert np.isnan(M.psnr_changed(img(before), img(out), img(before)))  # nothing to change
+    assert M.psnr_kept(img(before), img(truth), img(truth)) == float("inf")
+
+
 def test_nearest_style_and_shares():
     before = solid((128, 128, 128))
     styles = {"sketch": solid((240, 240, 240)), "ink": solid((10, 10, 10)), "watercolor": solid((200, 120, 60))}

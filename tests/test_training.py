@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -144,3 +145,16 @@ def test_vae_ceiling_of_the_bundled_autoencoder():
     rec = to_pil(vae_roundtrip(vae, to_tensor(afters)))
     assert min(metrics.psnr(r, a) for r, a in zip(rec, afters)) > 22  # whole-image edits: far above the input
     assert all(metrics.edit_success(p.images()[0], r, a) for p, r, a in zip(pairs, rec, afters))
+
+
+@requires_bundled
+def test_ip2p_eval_reports_where_the_error_is():
+    """eval_ip2p on a few pairs: every score per category, and the kept pixels come through the VAE nearly intact."""
+    from pairedit.training.evaluate import eval_ip2p
+
+    res = eval_ip2p(models.load_ip2p("bundled"), n=4, n_vague=2)
+    assert res["n"] == 4 and sum(c["n"] for c in res["per_category"].values()) == 4
+    for key in ("edit_success", "psnr_kept", "psnr_changed", "vae_ceiling_edit_success", "vae_ceiling_psnr_kept"):
+        assert np.isfinite(res[key]), key
+    assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]
+    assert sum(res["vague_drawing_style_shares"].values()) == pytest.approx(1.0)

@@ -82,6 +82,8 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("psnr", "PSNR (dB)", True, "vs. the true after-image"),
         MetricInfo("ssim", "SSIM", True, "Wang et al. 2004, vs. the true after-image"),
         MetricInfo("edit_success", "Edit success", True, "MSE(output, true) < MSE(input, true)"),
+        MetricInfo("psnr_kept", "PSNR kept (dB)", True, "vs. the true after-image, on pixels the edit leaves as they were"),
+        MetricInfo("psnr_changed", "PSNR changed (dB)", True, "vs. the true after-image, on pixels the edit changes"),
         MetricInfo("nearest_style", "Nearest style", None, "pixel-MSE nearest true after-image per style"),
         MetricInfo("fd_clip", "FD_CLIP", False, "Fréchet distance on CLIP image features (not FID)"),
         MetricInfo("fid", "FID", False, "Heusel et al. 2017, Inception-v3 pool features; InstructGIE §4"),
@@ -357,6 +359,32 @@ def edit_success(input: ImageLike, output: ImageLike, true_after: ImageLike) -> 
     pi, pt = _pair(input, true_after, ("input", "true_after"))
     po, _ = _pair(output, true_after, ("output", "true_after"))
     return bool(((po - pt) ** 2).mean() < ((pi - pt) ** 2).mean())
+
+
+def _region_psnr(input: ImageLike, output: ImageLike, true_after: ImageLike, changed: bool) -> float:
+    pi, pt = _pair(input, true_after, ("input", "true_after"))
+    po, _ = _pair(output, true_after, ("output", "true_after"))
+    mask = ((pi - pt).abs().sum(dim=0) > 0) == changed
+    if not mask.any():
+        return math.nan
+    m = float(((po - pt) ** 2)[:, mask].mean())
+    return math.inf if m == 0 else 10.0 * math.log10(255.0**2 / m)
+
+
+@_metric("psnr_kept")
+def psnr_kept(input: ImageLike, output: ImageLike, true_after: ImageLike) -> float:
+    """PSNR to the true after-image on the pixels the edit keeps (input == true after there).
+
+    Separates "did the model leave the rest of the image alone" from "did it make the edit";
+    ``nan`` when the edit changes every pixel.
+    """
+    return _region_psnr(input, output, true_after, changed=False)
+
+
+@_metric("psnr_changed")
+def psnr_changed(input: ImageLike, output: ImageLike, true_after: ImageLike) -> float:
+    """PSNR to the true after-image on the pixels the edit changes; ``nan`` when it changes none."""
+    return _region_psnr(input, output, true_after, changed=True)
 
 
 @_metric("nearest_style")

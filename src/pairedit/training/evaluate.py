@@ -113,10 +113,14 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "edit_success": metrics.edit_success(before, out, after),
             "psnr_to_true_after": metrics.psnr(out, after),
             "input_psnr_to_true_after": metrics.psnr(before, after),
-            "vae_ceiling_edit_success": metrics.edit_success(before, ceil, after)})
+            # where the error is: the pixels the edit keeps vs those it changes
+            "psnr_kept": min(metrics.psnr_kept(before, out, after), metrics.PSNR_CAP_DB),
+            "psnr_changed": min(metrics.psnr_changed(before, out, after), metrics.PSNR_CAP_DB),
+            "vae_ceiling_edit_success": metrics.edit_success(before, ceil, after),
+            "vae_ceiling_psnr_kept": min(metrics.psnr_kept(before, ceil, after), metrics.PSNR_CAP_DB)})
 
     def means(rows: list[dict]) -> dict:
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
     per_cat = {c: {"n": len(v), **means(v)} for c, v in sorted(by_cat.items())}
     overall = means([r for v in by_cat.values() for r in v])
@@ -133,6 +137,8 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
                         row_labels=[pairs[j].edit.instruction(wording=0) for j in range(0, min(n, 70), 7)]), grid_path)
     return {"edit_success": overall["edit_success"], "n": len(pairs), "per_category": per_cat,
             "vae_ceiling_edit_success": overall["vae_ceiling_edit_success"],
+            "psnr_kept": overall["psnr_kept"], "psnr_changed": overall["psnr_changed"],
+            "vae_ceiling_psnr_kept": overall["vae_ceiling_psnr_kept"],
             "vague_drawing_style_shares": shares, "steps": 20, "s_text": 7.5, "s_image": 1.5}
 
 
