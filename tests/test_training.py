@@ -158,3 +158,39 @@ def test_ip2p_eval_reports_where_the_error_is():
         assert np.isfinite(res[key]), key
     assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]
     assert sum(res["vague_drawing_style_shares"].values()) == pytest.approx(1.0)
+
+
+DATA_PARALLEL_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from pairedit.training import common
+cfg = common.LoopConfig(out=sys.argv[1], steps=5, batch_size=8, lr=1e-2, warmup=1, ckpt_every=100, threads=1)
+torch.manual_seed(dist.get_rank() if dist.is_initialized() else 0)  # different starts: the loop must sync them
+model = torch.nn.Linear(4, 1)
+def loss_fn(step, gen):
+    x = torch.randn(8, 4, generator=gen)  # each rank draws its own batch
+    return ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
+m = common.train_loop(cfg, model, loss_fn, "linear")
+w = torch.cat([p.detach().flatten() for p in m.parameters()])
+print("WEIGHTS", dist.get_rank(), dist.get_world_size(), [round(v, 6) for v in w.tolist()])
+"""
+
+
+def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
+    """Under `accelerate launch --multi_gpu --num_processes 2` on CPU, the ranks average gradients (gloo)."""
+    import os
+    import shutil
+    import subprocess
+
+    launcher = shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the accelerate launcher is not on PATH")
+    script = tmp_path / "dp.py"
+    script.write_text(DATA_PARALLEL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    lines = [line.split(" ", 3) for line in out.stdout.splitlines() if line.startswith("WEIGHTS")]
+    assert len(lines) == 2, out.stdout + out.stderr[-2000:]
+    assert {rank for _, rank, _, _ in lines} == {"0", "1"} and all(world == "2" for _, _, world, _ in lines)
+    assert lines[0][3] == lines[1][3]  # one model: same start (broadcast) and same averaged steps

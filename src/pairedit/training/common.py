@@ -4,8 +4,9 @@ Checkpoints are safetensors (model, EMA and optimizer tensors) plus JSON (step, 
 hyper-parameters, config), never pickles. A checkpoint is written every ``ckpt_every`` steps and on
 Ctrl-C, so an interrupted run loses at most one interval; rerunning the same command resumes.
 
-The loop runs under 🤗 Accelerate, so ``accelerate launch -m pairedit.cli train ...`` trains on
-several GPUs with the same code (each process draws its own batches: seeds include the rank).
+The loop runs under 🤗 Accelerate, so ``accelerate launch --multi_gpu --num_processes N -m pairedit.cli
+train ...`` trains data-parallel with the same code, on GPUs or on CPU cores (gloo): each process draws
+its own batch (seeds include the rank) and the gradients are averaged over processes every step.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def load_checkpoint(ckpt: Path, model, opt, ema) -> int:
     _unflatten_optimizer(opt, load_file(ckpt / "optimizer.safetensors"), meta["optimizer"])
     if ema is not None and (ckpt / "ema.safetensors").exists():
         shadow = load_file(ckpt / "ema.safetensors")
-        ema.shadow_params = [shadow[str(i)] for i in range(len(shadow))]
+        device = next(model.parameters()).device
+        ema.shadow_params = [shadow[str(i)].to(device) for i in range(len(shadow))]
         ema.optimization_step = meta.get("ema_optimization_step") or meta["step"]
     return int(meta["step"])
 
@@ -141,7 +143,9 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # cpu=True on a machine without CUDA: under `accelerate launch --multi_gpu` the processes then join a gloo group.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    model.to(accelerator.device)  # the same device as training_device()
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,7 +162,9 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
     for g in opt.param_groups:
         g["lr"] = g["initial_lr"] * lr_lambda(cfg)(start)
     sched.last_epoch = start
-    model, opt = accelerator.prepare(model, opt)
+    # The model is not wrapped (DDP would sync only when called through its wrapper, and ``loss_fn`` calls the
+    # model it closes over): mixed precision comes from ``accelerator.autocast`` and ``sync_gradients`` averages.
+    sync_parameters(params, accelerator)
     gen = torch.Generator()
     log_path = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -168,24 +174,26 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
 
     def checkpoint(at: int) -> None:
         if accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, at, accelerator.unwrap_model(model), opt, ema, cfg)
+            save_checkpoint(ckpt_dir, at, model, opt, ema, cfg)
 
     try:
         for step in bar:
             gen.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
             model.train()
-            loss = loss_fn(step, gen)
+            with accelerator.autocast():
+                loss = loss_fn(step, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[{name}] loss is {loss.item()} at step {step}")
-            accelerator.backward(loss)
+            loss.backward()
+            sync_gradients(params, accelerator)
             if cfg.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.step(params)
-            running.append(loss.item())
+            running.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())  # over all processes
             if (step + 1) % cfg.log_every == 0 and accelerator.is_main_process:
                 rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
                        "sec_per_step": (time.time() - t0) / len(running)}
@@ -199,10 +207,37 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
         checkpoint(step)
         accelerator.print(f"[{name}] interrupted: checkpoint saved at step {step}; rerun the same command to resume")
         raise
-    model = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(params)
     return model
+
+
+def training_device() -> torch.device:
+    """This process's device under accelerate: its GPU when launched on GPUs, else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).device
+
+
+def sync_parameters(params: list[torch.Tensor], accelerator) -> None:
+    """Every process starts from the main process's weights."""
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def sync_gradients(params: list[torch.Tensor], accelerator) -> None:
+    """Average the gradients over processes (one all-reduce of a flat buffer): data-parallel SGD."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import models, world
-from .common import LoopConfig, latest_checkpoint, load_weights, train_loop, write_json
+from .common import LoopConfig, latest_checkpoint, load_weights, train_loop, training_device, write_json
 from .data import pairs_dataset, partial_caption, scenes_dataset, to_clip_input, to_unit
 
 
@@ -87,8 +87,8 @@ def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
         rng = random.Random(step)
         texts = [partial_caption(captions[i], rng) if rng.random() < cfg.partial_captions else captions[i] for i in idx]
         tok = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")  # causal: padding is inert
-        out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
-                    pixel_values=to_clip_input(pixels[idx]), return_loss=True)
+        out = model(input_ids=tok.input_ids.to(model.device), attention_mask=tok.attention_mask.to(model.device),
+                    pixel_values=to_clip_input(pixels[idx]).to(model.device), return_loss=True)
         return out.loss
 
     model = train_loop(cfg, model, loss_fn, "clip")
@@ -125,14 +125,15 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
-        return _vae_loss(vae, to_unit(pixels[idx]), gen, cfg.kl_weight)
+        return _vae_loss(vae, to_unit(pixels[idx]).to(vae.device), gen, cfg.kl_weight)
 
     vae = train_loop(cfg, vae, loss_fn, "vae").eval()
     # Stable Diffusion's scaling_factor (0.18215) is 1 / std of the latents over training images,
     # so that scaled latents have unit variance like the diffusion noise; computed the same way here.
     with torch.no_grad():
         sample = pixels[:4096]
-        z = torch.cat([vae.encode(to_unit(sample[i:i + 256])).latent_dist.sample() for i in range(0, len(sample), 256)])
+        z = torch.cat([vae.encode(to_unit(sample[i:i + 256]).to(vae.device)).latent_dist.sample()
+                       for i in range(0, len(sample), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / z.flatten().std()))
     vae.save_pretrained(Path(run) / "vae" / "final")
     _record(run, "vae", cfg, time.time() - t0)
@@ -151,7 +152,7 @@ def train_vae_decoder(run: Path, cfg: VaeTrainConfig) -> None:
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
-        return _vae_loss(vae, to_unit(pixels[idx]), gen, 0.0)
+        return _vae_loss(vae, to_unit(pixels[idx]).to(vae.device), gen, 0.0)
 
     vae = train_loop(cfg, vae, loss_fn, "vae_decoder").eval()
     vae.save_pretrained(Path(run) / "vae_decoder" / "final")
@@ -167,7 +168,8 @@ def trained_vae_path(run: Path) -> Path:
 @torch.no_grad()
 def encode_pixels(vae, pixels: np.ndarray, batch: int = 256) -> torch.Tensor:
     """Latent modes (unscaled) of uint8 images, in batches."""
-    return torch.cat([vae.encode(to_unit(pixels[i:i + batch])).latent_dist.mode() for i in range(0, len(pixels), batch)])
+    return torch.cat([vae.encode(to_unit(pixels[i:i + batch]).to(vae.device)).latent_dist.mode().cpu()
+                      for i in range(0, len(pixels), batch)])
 
 
 def _cached_latents(run: Path, name: str, vae, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -187,11 +189,15 @@ def _cached_latents(run: Path, name: str, vae, arrays: dict[str, np.ndarray]) ->
 
 def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
                    image_cond: torch.Tensor | None = None) -> torch.Tensor:
-    """‖ε − ε_θ(z_t, t, c)‖² with t ~ U{0..T−1} (LDM Eq. 2; InstructPix2Pix Eq. 2 when ``image_cond`` is given)."""
+    """‖ε − ε_θ(z_t, t, c)‖² with t ~ U{0..T−1} (LDM Eq. 2; InstructPix2Pix Eq. 2 when ``image_cond`` is given).
+
+    Noise and timesteps come from the (CPU) generator, so a run is the same on any device.
+    """
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
-    z_t = scheduler.add_noise(z0, noise, t)
-    x = z_t if image_cond is None else torch.cat([z_t, image_cond], dim=1)
+    z_t = scheduler.add_noise(z0.cpu(), noise, t)
+    x = z_t if image_cond is None else torch.cat([z_t, image_cond.cpu()], dim=1)
+    x, t, text, noise = (v.to(unet.device) for v in (x, t, text, noise))
     return F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise)
 
 
@@ -236,15 +242,16 @@ def _frozen_parts(run: Path, base: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
+    device = training_device()  # the frozen parts run where the UNet trains
     if base:
         path = models.resolve(base, "sd")
         return (CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-                CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32).eval(),
-                AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32).eval(),
+                CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32).eval().to(device),
+                AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32).eval().to(device),
                 UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32))
     return (CLIPTokenizer.from_pretrained(Path(run) / "tokenizer"),
-            models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval(),
-            AutoencoderKL.from_pretrained(_final(run, "vae")).eval(), None)
+            models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval().to(device),
+            AutoencoderKL.from_pretrained(_final(run, "vae")).eval().to(device), None)
 
 
 def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
@@ -311,7 +318,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
         no_text = r < cfg.drop_text
         no_image = (r >= cfg.drop_text) & (r < cfg.drop_text + cfg.drop_image)
         both = (r >= cfg.drop_text + cfg.drop_image) & (r < cfg.drop_text + cfg.drop_image + cfg.drop_both)
-        text = torch.where((no_text | both).view(-1, 1, 1), empty.expand_as(text), text)
+        text = torch.where((no_text | both).view(-1, 1, 1).to(text.device), empty.expand_as(text), text)
         image_cond = torch.where((no_image | both).view(-1, 1, 1, 1), torch.zeros_like(image_cond), image_cond)
         return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond)
 
