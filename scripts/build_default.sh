@@ -10,8 +10,10 @@ pairedit train clip --run "$RUN" --seed 0 --threads "$THREADS"     # 1,500 steps
 pairedit train vae  --run "$RUN" --seed 0 --threads "$THREADS"     # 1,500 steps × 32 images
 pairedit train vae-decoder --run "$RUN" --seed 0 --threads "$THREADS"  # 1,000 steps, decoder only
 pairedit train t2i  --run "$RUN" --seed 0 --threads "$THREADS" --steps 1500   # text-to-image UNet
-# InstructPix2Pix recipe; steps 1–1,250 ran in fp32 on a 20,000-step schedule, the rest in bf16 autocast
-# on a 12,000-step schedule (the cosine is recomputed from --steps on resume).
-pairedit train ip2p --run "$RUN" --seed 0 --threads "$THREADS" --steps 12000 --mixed-precision bf16
+# InstructPix2Pix recipe. The shipped run: steps 1–1,250 in fp32 on a 20,000-step schedule, then bf16 autocast
+# on a 12,000-step schedule to step 5,904 and a 24,000-step one since (the cosine is recomputed from --steps on
+# resume); from step 12,352 data-parallel on the two cores: 2 processes × batch 32 = the same global batch of 64.
+accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m pairedit.cli \
+    train ip2p --run "$RUN" --seed 0 --threads 1 --batch-size 32 --steps 24000 --mixed-precision bf16
 pairedit train export --run "$RUN"                                  # → src/pairedit/bundled (fp16)
 pairedit train eval --models bundled --out docs/models_eval         # quality gates → docs/models.md
