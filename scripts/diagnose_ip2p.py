@@ -1,0 +1,119 @@
+"""Where does an InstructPix2Pix UNet go wrong? Two diagnostics behind docs/models.md ("Where the error is").
+
+    python scripts/diagnose_ip2p.py sweep --n 84           # edit success vs sampling steps and guidance scales
+    python scripts/diagnose_ip2p.py x0 --n 48              # one-step x0 estimate per guidance branch vs t
+    python scripts/diagnose_ip2p.py x0 --unet /work/runs/default/ip2p/final   # a run's UNet in the bundle
+
+- ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
+  ``train eval`` for a few samplers settings; the gate itself is measured at 20 steps, s_T 7.5, s_I 1.5.
+- ``x0``: noise the true after-latent to t, predict ε once with each branch of InstructPix2Pix Eq. 3 —
+  e(c_I, c_T), e(c_I, ∅), e(∅, ∅) — and with their guided combination, decode x̂0 and score it on kept and
+  changed pixels. Shows at which noise levels and in which branch the image condition is not reproduced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from pairedit import metrics, models
+from pairedit.editing import ip2p_edit
+from pairedit.images import to_tensor
+from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
+from pairedit.training.evaluate import heldout_pairs
+
+SWEEP = [dict(steps=20), dict(steps=50), dict(steps=100), dict(steps=20, s_text=3.0), dict(steps=20, s_image=3.0),
+         dict(steps=20, s_text=1.0, s_image=1.0)]
+
+
+def load(ip2p: str, unet: str | None):
+    pipe = models.load_ip2p(ip2p)
+    if unet:
+        from diffusers import UNet2DConditionModel
+
+        # rounded to fp16 and back, as the bundle ships it
+        pipe.unet = UNet2DConditionModel.from_pretrained(unet).to(torch.float16).float().eval()
+    return pipe
+
+
+def sweep(pipe, n: int) -> dict:
+    pairs = heldout_pairs(280)[:n]
+    out = {}
+    for setting in SWEEP:
+        rows: dict[str, list] = {}
+        for i, p in enumerate(pairs):
+            before, after = p.images()
+            edited = ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=i, **setting)[0]
+            rows.setdefault(p.edit.category, []).append(
+                (metrics.edit_success(before, edited, after), metrics.psnr_kept(before, edited, after),
+                 metrics.psnr_changed(before, edited, after)))
+        flat = [r for v in rows.values() for r in v]
+        out[json.dumps(setting)] = {
+            "edit_success": float(np.mean([r[0] for r in flat])), "psnr_kept": float(np.nanmean([r[1] for r in flat])),
+            "psnr_changed": float(np.nanmean([r[2] for r in flat])),
+            "per_category_edit_success": {c: float(np.mean([r[0] for r in v])) for c, v in sorted(rows.items())}}
+        print(json.dumps(setting), json.dumps(out[json.dumps(setting)]), flush=True)
+    return out
+
+
+@torch.no_grad()
+def x0_by_branch(pipe, n: int, timesteps=(900, 500, 100, 20), s_text: float = 7.5, s_image: float = 1.5) -> dict:
+    from diffusers import DDPMScheduler
+
+    pairs = heldout_pairs(280)[:n]
+    before = to_tensor([p.images()[0] for p in pairs])
+    after = to_tensor([p.images()[1] for p in pairs])
+    image_cond = encode_image_condition(pipe, before)
+    z0 = pipe.vae.encode(after).latent_dist.mode() * pipe.vae.config.scaling_factor
+    cond = torch.cat([encode_text(pipe, p.edit.instruction(wording=0)) for p in pairs])
+    uncond = encode_text(pipe, "").expand_as(cond)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    kept = ((before - after).abs().sum(1, keepdim=True) == 0).expand_as(after)
+
+    def psnr(x: torch.Tensor, mask: torch.Tensor) -> float:  # images in [-1, 1]: peak-to-peak 2
+        return float(10 * torch.log10(4 / ((x - after) ** 2)[mask].mean()))
+
+    out = {}
+    for t in timesteps:
+        tt = torch.full((n,), t)
+        z_t = scheduler.add_noise(z0, noise, tt)
+        a = scheduler.alphas_cumprod[t]
+
+        def eps(img, txt, z_t=z_t, tt=tt):
+            return pipe.unet(torch.cat([z_t, img], 1), tt, encoder_hidden_states=txt).sample
+
+        e_full, e_img, e_none = eps(image_cond, cond), eps(image_cond, uncond), eps(torch.zeros_like(image_cond), uncond)
+        branches = {"e(c_I,c_T)": e_full, "e(c_I,0)": e_img, "e(0,0)": e_none,
+                    "guided": combine_guidance(e_full, e_img, e_none, s_text, s_image)}
+        out[t] = {}
+        for name, e in branches.items():
+            x0 = decode_latents(pipe, (z_t - (1 - a).sqrt() * e) / a.sqrt())
+            out[t][name] = {"psnr_kept": psnr(x0, kept), "psnr_changed": psnr(x0, ~kept)}
+        print(f"t={t:4d} " + " | ".join(f"{k} kept {v['psnr_kept']:.1f} changed {v['psnr_changed']:.1f}"
+                                        for k, v in out[t].items()), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("sweep", "x0"))
+    ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
+    ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final)")
+    ap.add_argument("--n", type=int, default=48, help="held-out pairs (the first N of `train eval`'s 280)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = load(args.ip2p, args.unet)
+    res = sweep(pipe, args.n) if args.what == "sweep" else x0_by_branch(pipe, args.n)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"what": args.what, "n": args.n, "unet": args.unet or args.ip2p, "results": res}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
