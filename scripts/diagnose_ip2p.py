@@ -77,7 +77,9 @@ def x0_by_branch(pipe, n: int, timesteps=(900, 500, 100, 20), s_text: float = 7.
     def psnr(x: torch.Tensor, mask: torch.Tensor) -> float:  # images in [-1, 1]: peak-to-peak 2
         return float(10 * torch.log10(4 / ((x - after) ** 2)[mask].mean()))
 
-    out = {}
+    exact = decode_latents(pipe, z0)  # what a perfect prediction decodes to: the VAE's own ceiling
+    out = {"exact_latent": {"psnr_kept": psnr(exact, kept), "psnr_changed": psnr(exact, ~kept)}}
+    print(f"exact latent: kept {out['exact_latent']['psnr_kept']:.1f} changed {out['exact_latent']['psnr_changed']:.1f}")
     for t in timesteps:
         tt = torch.full((n,), t)
         z_t = scheduler.add_noise(z0, noise, tt)
