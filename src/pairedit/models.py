@@ -237,6 +237,15 @@ def _from_pretrained(cls, name: str, **kwargs):
             f"--local-dir DIR`, copy DIR here and pass it instead of the hub id, or use 'bundled'.") from err
 
 
+def _require_epsilon(pipe, name: str) -> None:
+    """pairedit's samplers, inversions and losses read the UNet's output as the noise ε, as SD 1.x and
+    InstructPix2Pix predict it; a v- or x0-prediction checkpoint would be silently misread."""
+    kind = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if kind != "epsilon":
+        raise ModelNotAvailable(f"{name}: its scheduler says the UNet predicts {kind!r}; pairedit needs an "
+                                "ε-prediction checkpoint (Stable Diffusion 1.x, timbrooks/instruct-pix2pix)")
+
+
 def load_ip2p(name: str = "bundled", device: str = "cpu", dtype: torch.dtype = torch.float32):
     """An InstructPix2Pix pipeline (the stock diffusers class) with Euler-ancestral sampling."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -246,6 +255,7 @@ def load_ip2p(name: str = "bundled", device: str = "cpu", dtype: torch.dtype = t
     if pipe.unet.config.in_channels != 8:
         raise ModelNotAvailable(f"{name}: its UNet takes {pipe.unet.config.in_channels} input channels; an "
                                 "InstructPix2Pix checkpoint (8 channels, e.g. timbrooks/instruct-pix2pix) is needed")
+    _require_epsilon(pipe, name)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -259,6 +269,7 @@ def load_sd(name: str = "bundled", device: str = "cpu", dtype: torch.dtype = tor
     if pipe.unet.config.in_channels != 4:
         raise ModelNotAvailable(f"{name}: its UNet takes {pipe.unet.config.in_channels} input channels; a "
                                 "text-to-image checkpoint (4 channels, e.g. runwayml/stable-diffusion-v1-5) is needed")
+    _require_epsilon(pipe, name)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
