@@ -163,8 +163,10 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
         g["lr"] = g["initial_lr"] * lr_lambda(cfg)(start)
     sched.last_epoch = start
     # The model is not wrapped (DDP would sync only when called through its wrapper, and ``loss_fn`` calls the
-    # model it closes over): mixed precision comes from ``accelerator.autocast`` and ``sync_gradients`` averages.
+    # model it closes over): mixed precision comes from ``accelerator.autocast``, fp16 loss scaling from the
+    # prepared optimizer, and ``sync_gradients`` averages over processes.
     sync_parameters(params, accelerator)
+    opt = accelerator.prepare_optimizer(opt)
     gen = torch.Generator()
     log_path = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -182,18 +184,19 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
             model.train()
             with accelerator.autocast():
                 loss = loss_fn(step, gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{name}] loss is {loss.item()} at step {step}")
-            loss.backward()
+            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()  # over all processes
+            if not math.isfinite(mean_loss):  # every process sees it, so all of them stop
+                raise FloatingPointError(f"[{name}] loss is {mean_loss} at step {step}")
+            accelerator.backward(loss)
             sync_gradients(params, accelerator)
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.step(params)
-            running.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())  # over all processes
+            running.append(mean_loss)
             if (step + 1) % cfg.log_every == 0 and accelerator.is_main_process:
                 rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
                        "sec_per_step": (time.time() - t0) / len(running)}
