@@ -55,6 +55,17 @@ def test_loop_resumes_exactly_after_interrupt(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_nan_loss_stops_with_a_message(tmp_path):
+    cfg = common.LoopConfig(out=str(tmp_path / "a"), steps=4, batch_size=8, lr=1e-2, warmup=1, ckpt_every=100)
+    model = torch.nn.Linear(4, 1)
+
+    def loss_fn(step, gen):
+        return model(torch.randn(8, 4, generator=gen)).mean() * (float("nan") if step == 2 else 1.0)
+
+    with pytest.raises(FloatingPointError, match="loss is nan at step 2"):
+        common.train_loop(cfg, model, loss_fn, "linear")
+
+
 def test_resume_uses_this_runs_peak_lr(tmp_path):
     cfg = common.LoopConfig(out=str(tmp_path / "a"), steps=4, batch_size=8, lr=1e-2, warmup=1, ckpt_every=4)
     _train_linear(cfg, init_seed=0)
