@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from pairedit import metrics, models
-from pairedit.editing import ip2p_edit
-from pairedit.images import to_tensor
+from pairedit.editing import ip2p_edit, resolution
+from pairedit.images import fit, to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
 from pairedit.training.evaluate import heldout_pairs
 
@@ -45,7 +45,7 @@ def sweep(pipe, n: int) -> dict:
     for setting in SWEEP:
         rows: dict[str, list] = {}
         for i, p in enumerate(pairs):
-            before, after = p.images()
+            before, after = (fit(im, resolution(pipe)) for im in p.images())  # no-op for the 64×64 world models
             edited = ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=i, **setting)[0]
             rows.setdefault(p.edit.category, []).append(
                 (metrics.edit_success(before, edited, after), metrics.psnr_kept(before, edited, after),

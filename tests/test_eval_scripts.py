@@ -102,3 +102,15 @@ def test_eval_editing_writes_every_curve(scripts, model_dirs, tmp_path):
     results = json.loads((tmp_path / "editing" / "results.json").read_text())["results"]
     assert len(results) == 2 * (2 * 2 + 2 + 1 + 2)  # IP2P s_T × s_I, SDEdit, DDIM-Edit, PTI η
     assert all("edit_success" in r and "clip_directional_similarity" in r for r in results.values())
+
+
+def test_diagnose_ip2p_runs_both_diagnostics(model_dirs, monkeypatch, capsys):
+    """scripts/diagnose_ip2p.py on the tiny model: every sweep setting and every branch at every t is scored."""
+    diag = load_script("diagnose_ip2p")
+    monkeypatch.setattr(diag, "SWEEP", diag.SWEEP[:2])
+    pipe = diag.load(model_dirs["ip2p"], None)
+    swept = diag.sweep(pipe, n=2)
+    assert len(swept) == 2 and all(0 <= r["edit_success"] <= 1 for r in swept.values())
+    x0 = diag.x0_by_branch(pipe, n=2, timesteps=(900, 20))
+    assert set(x0) == {"exact_latent", 900, 20}
+    assert set(x0[900]) == {"e(c_I,c_T)", "e(c_I,0)", "e(0,0)", "guided"}
