@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
 
-from pairedit import metrics, models
-from pairedit.editing import ip2p_edit, resolution
-from pairedit.images import fit, to_tensor
+from pairedit import models
+from pairedit.images import to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
-from pairedit.training.evaluate import heldout_pairs
+from pairedit.training.evaluate import eval_ip2p, heldout_pairs
 
 SWEEP = [dict(steps=20), dict(steps=50), dict(steps=100), dict(steps=20, s_text=3.0), dict(steps=20, s_image=3.0),
          dict(steps=20, s_text=1.0, s_image=1.0)]
@@ -40,21 +38,12 @@ def load(ip2p: str, unet: str | None):
 
 
 def sweep(pipe, n: int) -> dict:
-    pairs = heldout_pairs(280)[:n]
+    """``train eval``'s InstructPix2Pix scores (without the vague-instruction part) at each sampler setting."""
     out = {}
     for setting in SWEEP:
-        rows: dict[str, list] = {}
-        for i, p in enumerate(pairs):
-            before, after = (fit(im, resolution(pipe)) for im in p.images())  # no-op for the 64×64 world models
-            edited = ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=i, **setting)[0]
-            rows.setdefault(p.edit.category, []).append(
-                (metrics.edit_success(before, edited, after), metrics.psnr_kept(before, edited, after),
-                 metrics.psnr_changed(before, edited, after)))
-        flat = [r for v in rows.values() for r in v]
-        out[json.dumps(setting)] = {
-            "edit_success": float(np.mean([r[0] for r in flat])), "psnr_kept": float(np.nanmean([r[1] for r in flat])),
-            "psnr_changed": float(np.nanmean([r[2] for r in flat])),
-            "per_category_edit_success": {c: float(np.mean([r[0] for r in v])) for c, v in sorted(rows.items())}}
+        res = eval_ip2p(pipe, n=n, n_vague=0, **setting)
+        out[json.dumps(setting)] = {k: res[k] for k in ("edit_success", "psnr_kept", "psnr_changed")} | {
+            "per_category_edit_success": {c: v["edit_success"] for c, v in res["per_category"].items()}}
         print(json.dumps(setting), json.dumps(out[json.dumps(setting)]), flush=True)
     return out
 
@@ -63,7 +52,7 @@ def sweep(pipe, n: int) -> dict:
 def x0_by_branch(pipe, n: int, timesteps=(900, 500, 100, 20), s_text: float = 7.5, s_image: float = 1.5) -> dict:
     from diffusers import DDPMScheduler
 
-    pairs = heldout_pairs(280)[:n]
+    pairs = heldout_pairs(n)  # the first n of `train eval`'s pairs
     before = to_tensor([p.images()[0] for p in pairs])
     after = to_tensor([p.images()[1] for p in pairs])
     image_cond = encode_image_condition(pipe, before)

@@ -305,7 +305,10 @@ def psnr(a: ImageLike, b: ImageLike, cap: float | None = None) -> float:
     Identical images give ``inf``; pass ``cap`` (``score_edit`` uses ``PSNR_CAP_DB`` = 100 dB) to
     get a finite number that can be averaged.
     """
-    m = mse(a, b)
+    return _psnr_from_mse(mse(a, b), cap)
+
+
+def _psnr_from_mse(m: float, cap: float | None) -> float:
     value = math.inf if m == 0 else 10.0 * math.log10(255.0**2 / m)
     return min(value, cap) if cap is not None else value
 
@@ -361,30 +364,30 @@ def edit_success(input: ImageLike, output: ImageLike, true_after: ImageLike) -> 
     return bool(((po - pt) ** 2).mean() < ((pi - pt) ** 2).mean())
 
 
-def _region_psnr(input: ImageLike, output: ImageLike, true_after: ImageLike, changed: bool) -> float:
+def _region_psnr(input: ImageLike, output: ImageLike, true_after: ImageLike, changed: bool,
+                 cap: float | None) -> float:
     pi, pt = _pair(input, true_after, ("input", "true_after"))
     po, _ = _pair(output, true_after, ("output", "true_after"))
     mask = ((pi - pt).abs().sum(dim=0) > 0) == changed
     if not mask.any():
         return math.nan
-    m = float(((po - pt) ** 2)[:, mask].mean())
-    return math.inf if m == 0 else 10.0 * math.log10(255.0**2 / m)
+    return _psnr_from_mse(float(((po - pt) ** 2)[:, mask].mean()), cap)
 
 
 @_metric("psnr_kept")
-def psnr_kept(input: ImageLike, output: ImageLike, true_after: ImageLike) -> float:
+def psnr_kept(input: ImageLike, output: ImageLike, true_after: ImageLike, cap: float | None = None) -> float:
     """PSNR to the true after-image on the pixels the edit keeps (input == true after there).
 
     Separates "did the model leave the rest of the image alone" from "did it make the edit";
-    ``nan`` when the edit changes every pixel.
+    ``nan`` when the edit changes every pixel; ``cap`` as in ``psnr``.
     """
-    return _region_psnr(input, output, true_after, changed=False)
+    return _region_psnr(input, output, true_after, changed=False, cap=cap)
 
 
 @_metric("psnr_changed")
-def psnr_changed(input: ImageLike, output: ImageLike, true_after: ImageLike) -> float:
+def psnr_changed(input: ImageLike, output: ImageLike, true_after: ImageLike, cap: float | None = None) -> float:
     """PSNR to the true after-image on the pixels the edit changes; ``nan`` when it changes none."""
-    return _region_psnr(input, output, true_after, changed=True)
+    return _region_psnr(input, output, true_after, changed=True, cap=cap)
 
 
 @_metric("nearest_style")
