@@ -3,22 +3,31 @@
     python scripts/diagnose_ip2p.py sweep --n 84           # edit success vs sampling steps and guidance scales
     python scripts/diagnose_ip2p.py x0 --n 48              # one-step x0 estimate per guidance branch vs t
     python scripts/diagnose_ip2p.py x0 --unet /work/runs/default/ip2p/final   # a run's UNet in the bundle
+    python scripts/diagnose_ip2p.py split --n 1024 --run /work/runs/default   # training loss: seen vs new pairs
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
   ``train eval`` for a few samplers settings; the gate itself is measured at 20 steps, s_T 7.5, s_I 1.5.
 - ``x0``: noise the true after-latent to t, predict ε once with each branch of InstructPix2Pix Eq. 3 —
   e(c_I, c_T), e(c_I, ∅), e(∅, ∅) — and with their guided combination, decode x̂0 and score it on kept and
   changed pixels. Shows at which noise levels and in which branch the image condition is not reproduced.
+- ``split``: the training loss ‖ε − ε_θ‖² per quarter of [0, T) on pairs the UNet trained on (the run's
+  cached pairs), on new pairs of the training split and on held-out pairs, with the same noise and timesteps:
+  a gap between the first two is memorisation, between the last two a failure to generalise to held-out
+  scenes and (edit, object) combinations; no gap means the model is under-fitted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from pairedit import models
+from pairedit import models, world
 from pairedit.images import to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
 from pairedit.training.evaluate import eval_ip2p, heldout_pairs
@@ -89,18 +98,66 @@ def x0_by_branch(pipe, n: int, timesteps=(900, 500, 100, 20), s_text: float = 7.
     return out
 
 
+@torch.no_grad()
+def loss_by_split(pipe, n: int, run: str) -> dict:
+    from diffusers import DDPMScheduler
+
+    from pairedit.training.data import pairs_dataset
+
+    if not (Path(run) / "data" / "pairs.npz").exists():
+        raise SystemExit(f"{run}/data/pairs.npz not found: --run must be the run folder the UNet trained in")
+    rng = random.Random("split")
+    seen = pairs_dataset(Path(run) / "data" / "pairs.npz", n, seed=0)
+    fresh = [world.random_pair(random.Random("split-fresh"), "train") for _ in range(n)]
+    held = heldout_pairs(n)
+    splits = {"trained_on": (seen["before"][:n], seen["after"][:n], [e.instruction(rng) for e in seen["edits"][:n]])}
+    for name, pairs in (("new_train_split", fresh), ("held_out", held)):
+        images = [p.images() for p in pairs]
+        splits[name] = (np.stack([np.asarray(b) for b, _ in images]), np.stack([np.asarray(a) for _, a in images]),
+                        [p.edit.instruction(rng) for p in pairs])
+    def latents(pixels: np.ndarray) -> torch.Tensor:  # VAE latent modes, in batches
+        batches = [[Image.fromarray(x) for x in pixels[i:i + 64]] for i in range(0, n, 64)]
+        return torch.cat([encode_image_condition(pipe, to_tensor(b)) for b in batches])
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    out, noise, t = {}, None, None
+    for name, (before, after, instructions) in splits.items():
+        image_cond, z0 = latents(before), latents(after) * pipe.vae.config.scaling_factor
+        if noise is None:  # the same noise and timesteps for every split
+            gen = torch.Generator().manual_seed(0)
+            noise = torch.randn(z0.shape, generator=gen)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+        err = []
+        for i in range(0, n, 64):
+            z_t = scheduler.add_noise(z0[i:i + 64], noise[i:i + 64], t[i:i + 64])
+            e = pipe.unet(torch.cat([z_t, image_cond[i:i + 64]], 1), t[i:i + 64],
+                          encoder_hidden_states=encode_text(pipe, instructions[i:i + 64])).sample
+            err.append(((e - noise[i:i + 64]) ** 2).mean(dim=(1, 2, 3)))
+        err = torch.cat(err)
+        quarters = {f"t {lo}-{lo + 249}": float(err[(t >= lo) & (t < lo + 250)].mean()) for lo in (0, 250, 500, 750)}
+        out[name] = {"mse": float(err.mean()), **quarters}
+        print(f"{name:16s} " + " ".join(f"{k} {v:.5f}" for k, v in out[name].items()), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("sweep", "x0"))
+    ap.add_argument("what", choices=("sweep", "x0", "split"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final)")
     ap.add_argument("--n", type=int, default=48, help="held-out pairs (the first N of `train eval`'s 280)")
+    ap.add_argument("--run", default="/work/runs/default", help="split only: the run folder the UNet trained in")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load(args.ip2p, args.unet)
-    res = sweep(pipe, args.n) if args.what == "sweep" else x0_by_branch(pipe, args.n)
+    if args.what == "sweep":
+        res = sweep(pipe, args.n)
+    elif args.what == "x0":
+        res = x0_by_branch(pipe, args.n)
+    else:
+        res = loss_by_split(pipe, args.n, args.run)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"what": args.what, "n": args.n, "unet": args.unet or args.ip2p, "results": res}, f, indent=1)

@@ -104,8 +104,9 @@ def test_eval_editing_writes_every_curve(scripts, model_dirs, tmp_path):
     assert all("edit_success" in r and "clip_directional_similarity" in r for r in results.values())
 
 
-def test_diagnose_ip2p_runs_both_diagnostics(model_dirs, monkeypatch, capsys):
-    """scripts/diagnose_ip2p.py on the tiny model: every sweep setting and every branch at every t is scored."""
+def test_diagnose_ip2p_runs_every_diagnostic(model_dirs, monkeypatch, tmp_path):
+    """scripts/diagnose_ip2p.py on the tiny model: every sweep setting, every branch at every t and every split
+    is scored."""
     diag = load_script("diagnose_ip2p")
     monkeypatch.setattr(diag, "SWEEP", diag.SWEEP[:2])
     pipe = diag.load(model_dirs["ip2p"], None)
@@ -114,3 +115,9 @@ def test_diagnose_ip2p_runs_both_diagnostics(model_dirs, monkeypatch, capsys):
     x0 = diag.x0_by_branch(pipe, n=2, timesteps=(900, 20))
     assert set(x0) == {"exact_latent", 900, 20}
     assert set(x0[900]) == {"e(c_I,c_T)", "e(c_I,0)", "e(0,0)", "guided"}
+    from pairedit.training.data import pairs_dataset
+
+    pairs_dataset(tmp_path / "data" / "pairs.npz", 3, seed=0)  # a run folder's cached training pairs
+    split = diag.loss_by_split(pipe, n=3, run=str(tmp_path))
+    assert set(split) == {"trained_on", "new_train_split", "held_out"}
+    assert all(r["mse"] > 0 for r in split.values())

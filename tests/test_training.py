@@ -131,6 +131,33 @@ def test_widen_conv_in_zero_initialises_new_channels(tiny):
     torch.testing.assert_close(w[:, :4], tiny.sd.unet.conv_in.weight)
 
 
+def test_min_snr_weighting_down_weights_nearly_clean_timesteps(tiny):
+    from diffusers import DDPMScheduler
+
+    from pairedit.training.trainers import denoising_loss
+
+    unet, sched = tiny.sd.unet, DDPMScheduler.from_config(models.noise_schedule_config())
+    z0 = torch.randn(32, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(32, 5, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
+
+    def loss(gamma):
+        with torch.no_grad():
+            return denoising_loss(unet, sched, z0, text, torch.Generator().manual_seed(0), snr_gamma=gamma)
+
+    gen = torch.Generator().manual_seed(0)  # the same draws as denoising_loss makes
+    noise, t = torch.randn(z0.shape, generator=gen), torch.randint(0, 1000, (32,), generator=gen)
+    with torch.no_grad():
+        eps = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample
+    per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)  # signal-to-noise ratio of z_t
+    weight = snr.clamp(max=5.0) / snr
+    torch.testing.assert_close(loss(None), per_sample.mean())
+    torch.testing.assert_close(loss(5.0), (per_sample * weight).mean())
+    torch.testing.assert_close(loss(1e12), loss(None))  # γ above every SNR: unweighted
+    assert torch.all(weight[t < 100] < 0.6) and torch.all(weight[t > 200] == 1)
+
+
 def test_memoised_text_embeddings_equal_fresh_ones(tiny):
     from pairedit.training.trainers import FrozenTextEmbeddings, _embed
 

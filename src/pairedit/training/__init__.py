@@ -50,6 +50,9 @@ def add_cli(sub) -> None:
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
                    help="autocast forward passes (Accelerate); weights and checkpoints stay fp32. bf16 runs on CPUs "
                         "with AVX512-BF16/AMX and on GPUs, fp16 on GPUs only (default: no)")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="t2i/ip2p: weight the denoising loss by min(SNR, γ)/SNR (Min-SNR-γ, Hang et al. 2023; they use 5). "
+                        "Default: unweighted, as in the papers")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
@@ -85,7 +88,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
-    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision"):
+    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

@@ -188,9 +188,12 @@ def _cached_latents(run: Path, name: str, vae, arrays: dict[str, np.ndarray]) ->
 
 
 def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
-                   image_cond: torch.Tensor | None = None) -> torch.Tensor:
+                   image_cond: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:
     """‖ε − ε_θ(z_t, t, c)‖² with t ~ U{0..T−1} (LDM Eq. 2; InstructPix2Pix Eq. 2 when ``image_cond`` is given).
 
+    ``snr_gamma`` weights each sample by min(SNR(t), γ) / SNR(t) (Min-SNR-γ, Hang et al. 2023, for
+    ε-prediction): the nearly-clean timesteps, whose ε error is large, mostly irreducible and matters
+    little to a sample, stop dominating the gradient. None = the unweighted loss of the papers.
     Noise and timesteps come from the (CPU) generator, so a run is the same on any device.
     """
     noise = torch.randn(z0.shape, generator=gen)
@@ -198,7 +201,14 @@ def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: t
     z_t = scheduler.add_noise(z0.cpu(), noise, t)
     x = z_t if image_cond is None else torch.cat([z_t, image_cond.cpu()], dim=1)
     x, t, text, noise = (v.to(unet.device) for v in (x, t, text, noise))
-    return F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise)
+    per_sample = F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise, reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    if snr_gamma is None:
+        return per_sample.mean()
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, t)
+    return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
 
 
 @torch.no_grad()
@@ -234,6 +244,7 @@ class T2ITrainConfig(LoopConfig):
     n_scenes: int = 40_000
     text_dropout: float = 0.1  # classifier-free guidance needs an unconditional model (Ho & Salimans 2022)
     ema_decay: float | None = 0.999
+    snr_gamma: float | None = None  # Min-SNR-γ loss weight (γ = 5 in Hang et al. 2023); None = unweighted, as in LDM
     base: str = ""  # continue from a text-to-image checkpoint (folder or hub id); '' = a new UNet on the run's parts
 
 
@@ -272,7 +283,8 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
         idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.text_dropout
         texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        return denoising_loss(unet, scheduler, latents[idx].float() * sf, _embed(text_encoder, tokenizer, texts), gen)
+        return denoising_loss(unet, scheduler, latents[idx].float() * sf, _embed(text_encoder, tokenizer, texts), gen,
+                              snr_gamma=cfg.snr_gamma)
 
     unet = train_loop(cfg, unet, loss_fn, "t2i")
     _save_final(unet, run, "t2i", cfg.steps)
@@ -289,6 +301,7 @@ class IP2PTrainConfig(LoopConfig):
     drop_text: float = 0.05
     drop_both: float = 0.05
     ema_decay: float | None = 0.999
+    snr_gamma: float | None = None  # Min-SNR-γ loss weight (γ = 5 in Hang et al. 2023); None = unweighted, as in §3.2
     resolution: int = field(default=world.IMAGE_SIZE)
 
 
@@ -320,7 +333,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
         both = (r >= cfg.drop_text + cfg.drop_image) & (r < cfg.drop_text + cfg.drop_image + cfg.drop_both)
         text = torch.where((no_text | both).view(-1, 1, 1).to(text.device), empty.expand_as(text), text)
         image_cond = torch.where((no_image | both).view(-1, 1, 1, 1), torch.zeros_like(image_cond), image_cond)
-        return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond)
+        return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond, cfg.snr_gamma)
 
     unet = train_loop(cfg, unet, loss_fn, "ip2p")
     _save_final(unet, run, "ip2p", cfg.steps)
