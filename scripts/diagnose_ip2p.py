@@ -100,6 +100,7 @@ def x0_by_branch(pipe, n: int, timesteps=(900, 500, 100, 20), s_text: float = 7.
 
 @torch.no_grad()
 def loss_by_split(pipe, n: int, run: str) -> dict:
+    """The training loss per quarter of [0, T) on trained-on, new training-split and held-out pairs."""
     from diffusers import DDPMScheduler
 
     from pairedit.training.data import pairs_dataset
@@ -115,6 +116,7 @@ def loss_by_split(pipe, n: int, run: str) -> dict:
         images = [p.images() for p in pairs]
         splits[name] = (np.stack([np.asarray(b) for b, _ in images]), np.stack([np.asarray(a) for _, a in images]),
                         [p.edit.instruction(rng) for p in pairs])
+
     def latents(pixels: np.ndarray) -> torch.Tensor:  # VAE latent modes, in batches
         batches = [[Image.fromarray(x) for x in pixels[i:i + 64]] for i in range(0, n, 64)]
         return torch.cat([encode_image_condition(pipe, to_tensor(b)) for b in batches])
