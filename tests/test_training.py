@@ -210,6 +210,7 @@ def loss_fn(step, gen):
 m = common.train_loop(cfg, model, loss_fn, "linear")
 w = torch.cat([p.detach().flatten() for p in m.parameters()])
 print("WEIGHTS", dist.get_rank(), dist.get_world_size(), [round(v, 6) for v in w.tolist()])
+print("WRITER", dist.get_rank(), common.is_main_process())
 """
 
 
@@ -232,3 +233,5 @@ def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
     assert len(lines) == 2, out.stdout + out.stderr[-2000:]
     assert {rank for _, rank, _, _ in lines} == {"0", "1"} and all(world == "2" for _, _, world, _ in lines)
     assert lines[0][3] == lines[1][3]  # one model: same start (broadcast) and same averaged steps
+    writers = sorted(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("WRITER"))
+    assert writers == [["0", "True"], ["1", "False"]]  # only rank 0 writes the final model

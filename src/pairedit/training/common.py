@@ -222,6 +222,13 @@ def training_device() -> torch.device:
     return PartialState(cpu=not torch.cuda.is_available()).device
 
 
+def is_main_process() -> bool:
+    """True in the one process that writes shared files (also when not launched by accelerate)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
 def sync_parameters(params: list[torch.Tensor], accelerator) -> None:
     """Every process starts from the main process's weights."""
     if accelerator.num_processes > 1:

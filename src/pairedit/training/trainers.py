@@ -28,7 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import models, world
-from .common import LoopConfig, latest_checkpoint, load_weights, train_loop, training_device, write_json
+from .common import (
+    LoopConfig,
+    is_main_process,
+    latest_checkpoint,
+    load_weights,
+    train_loop,
+    training_device,
+    write_json,
+)
 from .data import pairs_dataset, partial_caption, scenes_dataset, to_clip_input, to_unit
 
 
@@ -92,6 +100,8 @@ def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
         return out.loss
 
     model = train_loop(cfg, model, loss_fn, "clip")
+    if not is_main_process():  # under `accelerate launch` one process writes the model
+        return
     final = Path(run) / "clip" / "final"
     model.save_pretrained(final)
     CLIPProcessor(image_processor=models.clip_image_processor(world.IMAGE_SIZE), tokenizer=tokenizer).save_pretrained(final)
@@ -128,6 +138,8 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
         return _vae_loss(vae, to_unit(pixels[idx]).to(vae.device), gen, cfg.kl_weight)
 
     vae = train_loop(cfg, vae, loss_fn, "vae").eval()
+    if not is_main_process():  # under `accelerate launch` one process writes the model
+        return
     # Stable Diffusion's scaling_factor (0.18215) is 1 / std of the latents over training images,
     # so that scaled latents have unit variance like the diffusion noise; computed the same way here.
     with torch.no_grad():
@@ -155,6 +167,8 @@ def train_vae_decoder(run: Path, cfg: VaeTrainConfig) -> None:
         return _vae_loss(vae, to_unit(pixels[idx]).to(vae.device), gen, 0.0)
 
     vae = train_loop(cfg, vae, loss_fn, "vae_decoder").eval()
+    if not is_main_process():  # under `accelerate launch` one process writes the model
+        return
     vae.save_pretrained(Path(run) / "vae_decoder" / "final")
     _record(run, "vae_decoder", cfg, time.time() - t0)
 
@@ -287,6 +301,8 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
                               snr_gamma=cfg.snr_gamma)
 
     unet = train_loop(cfg, unet, loss_fn, "t2i")
+    if not is_main_process():  # under `accelerate launch` one process writes the model
+        return
     _save_final(unet, run, "t2i", cfg.steps)
     _record(run, "t2i", cfg, time.time() - t0)
 
@@ -336,6 +352,8 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
         return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond, cfg.snr_gamma)
 
     unet = train_loop(cfg, unet, loss_fn, "ip2p")
+    if not is_main_process():  # under `accelerate launch` one process writes the model
+        return
     _save_final(unet, run, "ip2p", cfg.steps)
     _record(run, "ip2p", cfg, time.time() - t0)
 
