@@ -23,7 +23,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -104,22 +103,21 @@ def loss_by_split(pipe, n: int, run: str) -> dict:
     from diffusers import DDPMScheduler
 
     from pairedit.training.data import pairs_dataset
+    from pairedit.training.trainers import denoising_errors
 
     if not (Path(run) / "data" / "pairs.npz").exists():
         raise SystemExit(f"{run}/data/pairs.npz not found: --run must be the run folder the UNet trained in")
     rng = random.Random("split")
     seen = pairs_dataset(Path(run) / "data" / "pairs.npz", n, seed=0)
+    splits = {"trained_on": tuple([Image.fromarray(x) for x in seen[k][:n]] for k in ("before", "after"))
+              + ([e.instruction(rng) for e in seen["edits"][:n]],)}
     fresh = [world.random_pair(random.Random("split-fresh"), "train") for _ in range(n)]
-    held = heldout_pairs(n)
-    splits = {"trained_on": (seen["before"][:n], seen["after"][:n], [e.instruction(rng) for e in seen["edits"][:n]])}
-    for name, pairs in (("new_train_split", fresh), ("held_out", held)):
-        images = [p.images() for p in pairs]
-        splits[name] = (np.stack([np.asarray(b) for b, _ in images]), np.stack([np.asarray(a) for _, a in images]),
-                        [p.edit.instruction(rng) for p in pairs])
+    for name, pairs in (("new_train_split", fresh), ("held_out", heldout_pairs(n))):
+        befores, afters = zip(*(p.images() for p in pairs))
+        splits[name] = (list(befores), list(afters), [p.edit.instruction(rng) for p in pairs])
 
-    def latents(pixels: np.ndarray) -> torch.Tensor:  # VAE latent modes, in batches
-        batches = [[Image.fromarray(x) for x in pixels[i:i + 64]] for i in range(0, n, 64)]
-        return torch.cat([encode_image_condition(pipe, to_tensor(b)) for b in batches])
+    def latents(images: list) -> torch.Tensor:  # VAE latent modes, in batches
+        return torch.cat([encode_image_condition(pipe, to_tensor(images[i:i + 64])) for i in range(0, n, 64)])
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     out, noise, t = {}, None, None
@@ -129,13 +127,9 @@ def loss_by_split(pipe, n: int, run: str) -> dict:
             gen = torch.Generator().manual_seed(0)
             noise = torch.randn(z0.shape, generator=gen)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
-        err = []
-        for i in range(0, n, 64):
-            z_t = scheduler.add_noise(z0[i:i + 64], noise[i:i + 64], t[i:i + 64])
-            e = pipe.unet(torch.cat([z_t, image_cond[i:i + 64]], 1), t[i:i + 64],
-                          encoder_hidden_states=encode_text(pipe, instructions[i:i + 64])).sample
-            err.append(((e - noise[i:i + 64]) ** 2).mean(dim=(1, 2, 3)))
-        err = torch.cat(err)
+        err = torch.cat([denoising_errors(pipe.unet, scheduler, z0[i:i + 64], encode_text(pipe, instructions[i:i + 64]),
+                                          noise[i:i + 64], t[i:i + 64], image_cond[i:i + 64]).cpu()
+                         for i in range(0, n, 64)])
         quarters = {f"t {lo}-{lo + 249}": float(err[(t >= lo) & (t < lo + 250)].mean()) for lo in (0, 250, 500, 750)}
         out[name] = {"mse": float(err.mean()), **quarters}
         print(f"{name:16s} " + " ".join(f"{k} {v:.5f}" for k, v in out[name].items()), flush=True)

@@ -144,10 +144,11 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
 def _vague_style_shares(pipe, n: int, sampler: dict) -> dict[str, float]:
     rng = random.Random("vague")
     scenes = [world.scene_for(world.Edit("drawing", value="sketch"), rng, "test") for _ in range(n)]
-    outs = ip2p_edit(pipe, [world.render(s) for s in scenes], "turn it into a drawing", seed=10_000, **sampler)
+    inputs = [world.render(s) for s in scenes]
+    outs = ip2p_edit(pipe, inputs, "turn it into a drawing", seed=10_000, **sampler)
     cands = [{st: world.render(world.apply_edit(s, world.Edit(f"style_{st}"))) for st in world.DRAWING_STYLES}
              for s in scenes]
-    return metrics.style_shares(outs, cands, inputs=[world.render(s) for s in scenes])
+    return metrics.style_shares(outs, cands, inputs=inputs)
 
 
 def time_load_and_edit(name: str = "bundled") -> dict:

@@ -212,17 +212,23 @@ def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: t
     """
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
-    z_t = scheduler.add_noise(z0.cpu(), noise, t)
-    x = z_t if image_cond is None else torch.cat([z_t, image_cond.cpu()], dim=1)
-    x, t, text, noise = (v.to(unet.device) for v in (x, t, text, noise))
-    per_sample = F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise, reduction="none")
-    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    per_sample = denoising_errors(unet, scheduler, z0, text, noise, t, image_cond)
     if snr_gamma is None:
         return per_sample.mean()
     from diffusers.training_utils import compute_snr
 
-    snr = compute_snr(scheduler, t)
+    snr = compute_snr(scheduler, t).to(per_sample.device)
     return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
+
+
+def denoising_errors(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                     image_cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample ‖ε − ε_θ(z_t, t, c)‖² (mean over latent elements) for given noise and timesteps."""
+    z_t = scheduler.add_noise(z0.cpu(), noise, t)
+    x = z_t if image_cond is None else torch.cat([z_t, image_cond.cpu()], dim=1)
+    x, t, text, noise = (v.to(unet.device) for v in (x, t, text, noise))
+    err = F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise, reduction="none")
+    return err.mean(dim=tuple(range(1, err.ndim)))
 
 
 @torch.no_grad()
