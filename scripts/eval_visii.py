@@ -25,8 +25,10 @@ Every edit is learned from ONE example pair (caption-initialised, VisiiConfig de
 
 Outputs: OUT/visii.md, OUT/visii/results.json (one row per output image), OUT/visii/grid.png (example
 before/after | test before | VISII | IP2P | true after). A unit (one learning with its applications, or one
-baseline over one direction's test images) is cached in CACHE/units.json with its output PNGs as soon as it
-finishes; rerunning the same command resumes. Units are keyed by their settings and the models' weights.
+baseline over one direction's test images) is cached as soon as it finishes, one sealed record per unit
+(``pairedit.bench.cache``: CACHE/units/KEY.json and its output PNGs); rerunning the same command resumes. Units
+are keyed by their settings and the models' weights. ``--shard I/N`` computes every N-th unit only, so N
+processes can share the cores; the same command without it then reads them all and writes the report.
 
 Cost, from the per-step costs measured for the benchmark (bundled-size models, 1 thread, loaded machine:
 a learning step ≈ 0.1 s, 100 PEZ steps ≈ 1.6 s, a 20-step edit ≈ 2 s): the defaults (7 categories × 2
@@ -49,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from pairedit import __version__, metrics, models, world
-from pairedit.bench.cache import key_of
+from pairedit.bench.cache import Cache, CorruptEntry, key_of
 from pairedit.bench.methods import score, style_candidates
 from pairedit.bench.run import resolve_models
 from pairedit.bench.suite import Direction, Suite, make_directions, select_edits, stable_int
@@ -63,6 +65,7 @@ DEFAULT_LOSS = VisiiConfig().loss_on  # what §1–3 and §5 use: the library de
 HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
+SHARE_ORDER = (*world.DRAWING_STYLES, *HYBRID_CANDIDATES, metrics.NO_STYLE)  # order of the share tables
 DEFAULTS = dict(directions_per_category=2, tests=3, steps=VisiiConfig().steps, caption_steps=VisiiConfig().caption_steps,
                 sample_steps=20)
 QUICK = dict(directions_per_category=1, tests=2, steps=100, caption_steps=100, sample_steps=10)
@@ -164,25 +167,7 @@ class Context:
         self.clip_features = ClipFeatures(self.clip, self.processor)
         self.resolution = model_resolution(self.pipe)
         self.fingerprints = {"ip2p": fingerprint(self.pipe.unet, self.pipe.text_encoder), "clip": fingerprint(self.clip)}
-        self.cache_dir = Path(args.cache)
-        self.cache_file = self.cache_dir / "units.json"
-        self.records = self._load()
-
-    # -- cache ---------------------------------------------------------------------------------
-
-    def _load(self) -> dict:
-        if not self.cache_file.exists():
-            return {}
-        try:
-            data = json.loads(self.cache_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            print(f"eval_visii: ignoring an unreadable cache {self.cache_file} ({err})", file=sys.stderr)
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _save(self) -> None:
-        text = json.dumps(self.records, indent=1)  # key order kept: share tables list styles in order
-        atomic_write(self.cache_file, lambda tmp: Path(tmp).write_text(text))
+        self.cache = Cache(args.cache)
 
     def config(self, unit: Unit) -> VisiiConfig:
         return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps, loss_on=unit.loss_on,
@@ -199,10 +184,12 @@ class Context:
         return key_of(desc)
 
     def cached(self, unit: Unit) -> dict | None:
-        record = self.records.get(self.key(unit))
-        if record is None or not all((self.cache_dir / im["output"]).exists() for im in record["images"]):
+        key = self.key(unit)
+        try:
+            return self.cache.read(f"units/{key}.json", key)
+        except CorruptEntry as err:
+            print(f"eval_visii: recomputing a damaged cache entry: {err}", file=sys.stderr)
             return None
-        return record
 
     # -- seeds (shared by every method, so rows differ by method only) --------------------------
 
@@ -271,10 +258,10 @@ class Context:
         outs, extra = self.outputs(unit)
         seconds = time.perf_counter() - t0
         key = self.key(unit)
-        images = []
+        images, files = [], {}
         for k, (t, variant, out) in enumerate(outs):
-            rel = f"{key}/{k:02d}-test{t}-{variant.replace(' ', '_')}.png"
-            save_image(out, self.cache_dir / rel)
+            rel = files[f"output{k:02d}"] = f"units/{key}/{k:02d}-test{t}-{variant.replace(' ', '_')}.png"
+            save_image(out, self.cache.path(rel))
             images.append({"test": t, "scene": d.tests[t].before.key, "variant": variant, "seed": self.test_seed(d, t),
                            "output": rel, "scores": self.score(unit, t, out)})
         shares = {}
@@ -294,9 +281,7 @@ class Context:
                   "target_style": d.target_style if unit.section == "drawing" else None,
                   "example": d.examples[0].before.key, "seconds": round(seconds, 2), "images": images,
                   "shares": shares, **extra}
-        self.records[key] = record
-        self._save()
-        return record
+        return self.cache.write(f"units/{key}.json", record, files=files)
 
 
 def hybrid_afters(pair: world.Pair, size: int) -> dict:
@@ -308,7 +293,7 @@ def hybrid_afters(pair: world.Pair, size: int) -> dict:
 
 
 def run_units(ctx: Context, units: list[Unit], progress: bool = True) -> tuple[list[dict], int]:
-    """Compute every unit not in the cache; (records in unit order, number computed)."""
+    """Compute every unit not in the cache; (records in the order of ``units``, number computed)."""
     from tqdm.auto import tqdm
 
     records, computed = [], 0
@@ -333,7 +318,7 @@ def rows(records: list[dict], **match) -> list[dict]:
     out = []
     for r in records:
         if all(r.get(k) == v for k, v in match.items()):
-            base = {k: v for k, v in r.items() if k not in ("images", "shares")}
+            base = {k: v for k, v in r.items() if k not in ("images", "shares", "files", "format", "sha256")}
             out += [dict(base, **im) for im in r["images"] if variant is None or im["variant"] == variant]
     return out
 
@@ -350,7 +335,7 @@ def fmt(x: float | None, digits: int = 2) -> str:
 def mean_shares(records: list[dict], variant: str) -> dict[str, float]:
     """The share of each candidate over several equally sized units (the mean of their style_shares)."""
     shares = [r["shares"][variant] for r in records if variant in r.get("shares", {})]
-    keys = list(dict.fromkeys(k for s in shares for k in s))
+    keys = sorted(dict.fromkeys(k for s in shares for k in s), key=lambda k: (SHARE_ORDER + (k,)).index(k))
     return {k: float(np.mean([s.get(k, 0.0) for s in shares])) for k in keys}
 
 
@@ -533,20 +518,20 @@ def grid_plan(records: list[dict]) -> list[tuple]:
     return plan
 
 
-def load_output(cache_dir: Path, record: dict, variant: str):
+def load_output(cache: Cache, record: dict, variant: str):
     from pairedit.images import load_image
 
     im = next(i for i in record["images"] if i["variant"] == variant)
-    return im["test"], load_image(cache_dir / im["output"])
+    return im["test"], load_image(cache.path(im["output"]))
 
 
-def make_grid(cache_dir: Path, records: list[dict], directions: dict[str, Direction], path: Path) -> None:
+def make_grid(cache: Cache, records: list[dict], directions: dict[str, Direction], path: Path) -> None:
     """One row per direction (its first test image): example before/after | test before | VISII | IP2P | true after."""
     grid_rows, labels = [], []
     for label, vrec, vvar, irec, ivar, which in grid_plan(records):
         d = directions[vrec["direction"]]
-        t, v_out = load_output(cache_dir, vrec, vvar)
-        _, i_out = load_output(cache_dir, irec, ivar)
+        t, v_out = load_output(cache, vrec, vvar)
+        _, i_out = load_output(cache, irec, ivar)
         size = v_out.width
         ex_b, ex_a = (fit(im, size) for im in d.examples[0].images())
         before, after = (fit(im, size) for im in d.tests[t].images())
@@ -573,7 +558,7 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
                "shares": [{"section": r["section"], "method": r["method"], "direction": r["direction"],
                            "target_style": r["target_style"], "shares": r["shares"]} for r in records if r["shares"]]}
     atomic_write(assets / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    make_grid(ctx.cache_dir, records, directions, assets / "grid.png")
+    make_grid(ctx.cache, records, directions, assets / "grid.png")
     unit_seconds = sum(r["seconds"] for r in records)
     n_edit = len([d for d in directions.values() if d.index < 1000])
     lines = [
@@ -640,7 +625,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller default sizes (given options still win)")
     p.add_argument("--out", default="docs", metavar="DIR", help="folder for visii.md and visii/ (default: %(default)s)")
     p.add_argument("--cache", default=".pairedit-bench-cache/eval-visii", metavar="DIR",
-                   help="cache of finished units (units.json + output PNGs); safe to delete (default: %(default)s)")
+                   help="cache of finished units (a record and output PNGs per unit); safe to delete (default: "
+                        "%(default)s)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only units I, I+N, I+2N, ... (I from 0) and write no report: run N of these side by "
+                        "side with the same other options, then the command without --shard writes the report")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -660,6 +649,19 @@ def sizes_of(args) -> Sizes:
     return Sizes(categories=cats, seed=args.seed, **values)
 
 
+def shard_of(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` → (I, N) with 0 ≤ I < N."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 ≤ I < N")
+    return i, n
+
+
 def command_line(argv: list[str]) -> str:
     env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     return f"{env}python scripts/eval_visii.py {shlex.join(argv)}".rstrip()
@@ -670,9 +672,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     try:
-        sizes = sizes_of(args)
+        sizes, shard = sizes_of(args), shard_of(args.shard)
         units = make_units(sizes)  # every direction drawn before any model is loaded
         ctx = Context(args, sizes)
+        if shard is not None:
+            mine = units[shard[0]::shard[1]]
+            _, computed = run_units(ctx, mine, progress=not args.no_progress)
+            print(f"eval_visii: shard {args.shard}: {len(mine)} of {len(units)} units ({computed} computed) in "
+                  f"{time.perf_counter() - t0:.0f} s; rerun without --shard to write the report")
+            return 0
         records, computed = run_units(ctx, units, progress=not args.no_progress)
         directions = {u.direction.id: u.direction for u in units}
         cmp = write_report(Path(args.out), ctx, sizes, records, directions, command_line(argv),

@@ -87,6 +87,30 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     assert strip == [ln for ln in doc.splitlines() if not ln.startswith("- Wall time")]
 
 
+def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, bundle, tmp_path, capsys):
+    argv = tiny_argv(bundle, tmp_path)
+    for i in range(2):
+        assert eval_visii.main([*argv, "--shard", f"{i}/2"]) == 0
+        assert f"shard {i}/2: 7 of 14 units (7 computed)" in capsys.readouterr().out
+    assert not (tmp_path / "docs" / "visii.md").exists()  # shards write no report
+    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 14
+    assert eval_visii.main(argv) == 0
+    assert "14 units (0 computed)" in capsys.readouterr().out
+    assert (tmp_path / "docs" / "visii.md").exists()
+
+    # A damaged record is recomputed, not trusted.
+    victim = sorted((tmp_path / "cache" / "units").glob("*.json"))[0]
+    victim.write_text(victim.read_text().replace('"seconds"', '"Seconds"'))
+    assert eval_visii.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "14 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
+
+
+def test_bad_shard_is_a_user_error(eval_visii, tmp_path, capsys):
+    assert eval_visii.main(["--shard", "2/2", "--out", str(tmp_path)]) == 2
+    assert "need 0 ≤ I < N" in capsys.readouterr().err
+
+
 def test_bad_category_fails_before_loading_models(eval_visii, tmp_path, capsys):
     assert eval_visii.main(["--categories", "recolor,colour", "--model", str(tmp_path / "nowhere"),
                             "--out", str(tmp_path)]) == 2
