@@ -188,10 +188,13 @@ def test_vae_ceiling_of_the_bundled_autoencoder():
 @requires_bundled
 def test_ip2p_eval_reports_where_the_error_is():
     """eval_ip2p on a few pairs: every score per category, and the kept pixels come through the VAE nearly intact."""
-    from pairedit.training.evaluate import eval_ip2p
+    from pairedit.training.evaluate import eval_ip2p, heldout_pairs
 
     res = eval_ip2p(models.load_ip2p("bundled"), n=4, n_vague=2)
     assert res["n"] == 4 and sum(c["n"] for c in res["per_category"].values()) == 4
+    targeted = [len(p.before.objects) for p in heldout_pairs(4) if p.edit.target is not None]
+    assert {k: v["n"] for k, v in res["targeted_edits_by_objects_in_scene"].items()} == {
+        str(k): targeted.count(k) for k in set(targeted)}
     for key in ("edit_success", "psnr_kept", "psnr_changed", "vae_ceiling_edit_success", "vae_ceiling_psnr_kept"):
         assert np.isfinite(res[key]), key
     assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]

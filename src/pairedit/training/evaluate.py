@@ -112,8 +112,9 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     # succeed through this VAE, however good the UNet.
     ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor(list(afters))))
     by_cat: dict[str, list[dict]] = {}
+    targeted: dict[int, list[dict]] = {}  # edits naming an object ("the circle"), by objects in the scene
     for p, before, after, out, ceil in zip(pairs, befores, afters, outputs, ceilings):
-        by_cat.setdefault(p.edit.category, []).append({
+        row = {
             "edit_success": metrics.edit_success(before, out, after),
             "psnr_to_true_after": metrics.psnr(out, after),
             "input_psnr_to_true_after": metrics.psnr(before, after),
@@ -121,12 +122,19 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "psnr_kept": metrics.psnr_kept(before, out, after, cap=metrics.PSNR_CAP_DB),
             "psnr_changed": metrics.psnr_changed(before, out, after, cap=metrics.PSNR_CAP_DB),
             "vae_ceiling_edit_success": metrics.edit_success(before, ceil, after),
-            "vae_ceiling_psnr_kept": metrics.psnr_kept(before, ceil, after, cap=metrics.PSNR_CAP_DB)})
+            "vae_ceiling_psnr_kept": metrics.psnr_kept(before, ceil, after, cap=metrics.PSNR_CAP_DB)}
+        by_cat.setdefault(p.edit.category, []).append(row)
+        if p.edit.target is not None:
+            targeted.setdefault(len(p.before.objects), []).append(row)
 
     def means(rows: list[dict]) -> dict:
         return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
     per_cat = {c: {"n": len(v), **means(v)} for c, v in sorted(by_cat.items())}
+    # With one object "the circle" is given away; with two or three the model must find it (binding).
+    by_objects = {str(k): {"n": len(v), "edit_success": means(v)["edit_success"],
+                           "vae_ceiling_edit_success": means(v)["vae_ceiling_edit_success"]}
+                  for k, v in sorted(targeted.items())}
     overall = means([r for v in by_cat.values() for r in v])
     # The vague instruction: which drawing style does each output land on?
     shares = _vague_style_shares(pipe, n_vague, sampler) if n_vague else {}
@@ -138,6 +146,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "vae_ceiling_edit_success": overall["vae_ceiling_edit_success"],
             "psnr_kept": overall["psnr_kept"], "psnr_changed": overall["psnr_changed"],
             "vae_ceiling_psnr_kept": overall["vae_ceiling_psnr_kept"],
+            "targeted_edits_by_objects_in_scene": by_objects,
             "vague_drawing_style_shares": shares, **sampler}
 
 
