@@ -18,6 +18,7 @@ from pairedit.training.trainers import (
     IP2PTrainConfig,
     T2ITrainConfig,
     VaeTrainConfig,
+    deepen_ip2p,
     export_bundle,
     snapshot_unet,
     train_clip,
@@ -115,6 +116,12 @@ def test_each_trainer_runs_and_export_loads(tiny_run):
     train_ip2p(again, IP2PTrainConfig(out=str(again / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8,
                                       base=str(bundle / "ip2p"), **few))
     assert (again / "ip2p" / "final" / "config.json").exists()
+    # A deepened copy (two layers per UNet block, same function) trains on in its own run.
+    deep = deepen_ip2p(run, run / "deep")
+    assert models.load_ip2p(str(deep)).unet.config.layers_per_block == 2
+    train_ip2p(run / "deeprun", IP2PTrainConfig(out=str(run / "deeprun" / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8,
+                                                 base=str(deep), **few))
+    assert UNet2DConditionModel.load_config(run / "deeprun" / "ip2p" / "final")["layers_per_block"] == 2
     # A snapshot rebuilds the final model from the last checkpoint's EMA weights (here: the same step).
     final = UNet2DConditionModel.from_pretrained(again / "ip2p" / "final")
     (again / "ip2p" / "final" / "config.json").unlink()  # the snapshot must not need the old final folder
@@ -129,6 +136,29 @@ def test_widen_conv_in_zero_initialises_new_channels(tiny):
     w = wide.conv_in.weight
     assert w.shape[1] == 8 and torch.all(w[:, 4:] == 0)
     torch.testing.assert_close(w[:, :4], tiny.sd.unet.conv_in.weight)
+
+
+def test_deepen_unet_keeps_the_function_and_trains_the_new_layers():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**models.unet_config(channels=(16, 32, 32), cross_attention_dim=32, sample_size=8))
+    unet = models.widen_conv_in(unet, 8)  # the InstructPix2Pix layout; channel counts differ between blocks
+    for p in unet.parameters():  # no zero-initialised output layers left: every path carries signal
+        torch.nn.init.normal_(p, std=0.05)
+    deep = models.deepen_unet(unet)
+    assert deep.config.layers_per_block == 2 and deep.config.in_channels == 8
+    assert sum(p.numel() for p in deep.parameters()) > 1.3 * sum(p.numel() for p in unet.parameters())
+    z, t = torch.randn(2, 8, 8, 8), torch.tensor([10, 900])
+    text = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(z, t, text).sample, unet(z, t, text).sample, atol=1e-5, rtol=1e-4)
+    deep(z, t, text).sample.square().mean().backward()  # the identity layers are not stuck at zero
+    for name in ("down_blocks.0.resnets.1.conv2.weight", "up_blocks.1.attentions.1.proj_out.weight",
+                 "up_blocks.2.resnets.1.conv2.weight"):
+        assert deep.get_parameter(name).grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="1 layer per block to 2"):
+        models.deepen_unet(deep)
 
 
 def test_min_snr_weighting_down_weights_nearly_clean_timesteps(tiny):

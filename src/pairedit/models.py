@@ -128,6 +128,39 @@ def widen_conv_in(unet, in_channels: int = 8):
     return wide
 
 
+def deepen_unet(unet):
+    """The same UNet function with two layers per block instead of one: more capacity for an under-fitted model.
+
+    Every new resnet and transformer starts as the identity (zero output convolution or projection), so
+    training resumes from the same predictions (Net2Net-style growth, Chen et al. 2016). Down blocks get
+    the new layer last; up blocks get it between their two old layers, where its skip connection (the new
+    down layer's output) is the one the old first layer used to read, and it ignores that skip.
+    """
+    from diffusers import UNet2DConditionModel
+
+    if unet.config.layers_per_block != 1:
+        raise ValueError(f"deepen_unet grows 1 layer per block to 2; this UNet has {unet.config.layers_per_block}")
+    deep = UNet2DConditionModel.from_config({**unet.config, "layers_per_block": 2})
+    state = deep.state_dict()
+    for key in state:  # new layers: identity
+        parts = key.split(".")
+        if parts[0] not in ("down_blocks", "up_blocks") or parts[2] not in ("resnets", "attentions") or parts[3] != "1":
+            continue
+        if key.endswith(("conv2.weight", "conv2.bias", "proj_out.weight", "proj_out.bias", "conv_shortcut.bias")):
+            state[key] = torch.zeros_like(state[key])
+        elif key.endswith("conv_shortcut.weight"):  # [hidden | skip] → hidden: pass the hidden state through
+            w = torch.zeros_like(state[key])
+            w[:, : w.shape[0], 0, 0] = torch.eye(w.shape[0])
+            state[key] = w
+    for key, value in unet.state_dict().items():  # old layers: same place, except an up block's last one moves
+        parts = key.split(".")
+        if parts[0] == "up_blocks" and parts[2] in ("resnets", "attentions") and parts[3] == "1":
+            parts[3] = "2"
+        state[".".join(parts)] = value
+    deep.load_state_dict(state)
+    return deep
+
+
 def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
     """The CLIP text tower as a stand-alone CLIPTextModel: Stable Diffusion's text encoder."""
     te = CLIPTextModel(clip.config.text_config)

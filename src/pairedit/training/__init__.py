@@ -6,11 +6,13 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+from ..errors import UserError
 from .trainers import (
     ClipTrainConfig,
     IP2PTrainConfig,
     T2ITrainConfig,
     VaeTrainConfig,
+    deepen_ip2p,
     export_bundle,
     snapshot_unet,
     train_clip,
@@ -37,9 +39,11 @@ def add_cli(sub) -> None:
         description="Train one stage of the embedded default. Stages read earlier stages from --run; rerunning "
                     "a stage resumes from its last checkpoint. Run under `accelerate launch -m pairedit.cli train ...` "
                     "for several processes/GPUs.")
-    p.add_argument("stage", choices=["tokenizer", *STAGES, "snapshot", "export", "eval"],
+    p.add_argument("stage", choices=["tokenizer", *STAGES, "snapshot", "export", "deepen", "eval"],
                    help="what to train; 'snapshot' writes STAGE/final from the latest checkpoint's EMA weights while "
-                        "training goes on (see --of), 'export' writes the bundle, 'eval' measures a bundle's quality gates")
+                        "training goes on (see --of), 'export' writes the bundle, 'deepen' writes DEST/ip2p: the run's "
+                        "InstructPix2Pix with two layers per UNet block, the same function to start from (train it "
+                        "with `ip2p --run NEWRUN --base DEST/ip2p`), 'eval' measures a bundle's quality gates")
     p.add_argument("--of", default="ip2p", choices=("t2i", "ip2p"), help="snapshot only: which stage (default: ip2p)")
     p.add_argument("--run", default="runs/default", help="run folder for data, checkpoints and logs (default: runs/default)")
     p.add_argument("--steps", type=int, help="optimisation steps (default: per stage, see pairedit.training.STAGES)")
@@ -57,7 +61,8 @@ def add_cli(sub) -> None:
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
                                                "it); its tokenizer, text encoder and VAE are used. Default: the run's own")
-    p.add_argument("--dest", default=None, help="export only: destination folder (default: the package's bundled/)")
+    p.add_argument("--dest", default=None, help="export/deepen: destination folder (export's default: the package's "
+                                                "bundled/; deepen needs one)")
     p.add_argument("--models", default="bundled", help="eval only: 'bundled' or a folder with clip/, sd/, ip2p/")
     p.add_argument("--only", default="clip,vae,t2i,ip2p,timing", help="eval only: comma-separated gates to run")
     p.add_argument("--out", default="docs/models_eval", help="eval only: folder for results.json and sample grids")
@@ -82,6 +87,11 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "snapshot":
         print(f"wrote {snapshot_unet(run, args.of)}")
+        return 0
+    if args.stage == "deepen":
+        if not args.dest:
+            raise UserError("train deepen needs --dest (a folder for the deepened InstructPix2Pix)")
+        print(f"wrote {deepen_ip2p(run, Path(args.dest))}")
         return 0
     if args.stage == "export":
         export_bundle(run, **({"dest": Path(args.dest)} if args.dest else {}))

@@ -394,6 +394,21 @@ def snapshot_unet(run: Path, stage: str) -> Path:
 # Export
 
 
+def deepen_ip2p(run: Path, dest: Path) -> Path:
+    """``dest/ip2p``: the run's InstructPix2Pix pipeline in fp32 with its UNet deepened to two layers per block.
+
+    The deepened UNet computes the same function (``models.deepen_unet``); ``pairedit train ip2p --run NEWRUN
+    --base dest/ip2p`` trains it on with the added capacity.
+    """
+    from diffusers import UNet2DConditionModel
+
+    export_bundle(run, dest, dtype=torch.float32, stages=("ip2p",))
+    folder = Path(dest) / "ip2p"
+    models.deepen_unet(UNet2DConditionModel.from_pretrained(folder / "unet")).save_pretrained(folder / "unet")
+    return folder
+
+
+
 def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16,
                   stages: tuple[str, ...] = ("clip", "sd", "ip2p")) -> None:
     """Assemble the trained parts into the three stock folders the loader resolves as 'bundled'."""
