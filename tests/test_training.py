@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from conftest import requires_bundled
 from pairedit import models, world
+from pairedit.errors import UserError
 from pairedit.training import common
 from pairedit.training.trainers import (
     ClipTrainConfig,
@@ -157,7 +158,7 @@ def test_deepen_unet_keeps_the_function_and_trains_the_new_layers():
     for name in ("down_blocks.0.resnets.1.conv2.weight", "up_blocks.1.attentions.1.proj_out.weight",
                  "up_blocks.2.resnets.1.conv2.weight"):
         assert deep.get_parameter(name).grad.abs().sum() > 0, name
-    with pytest.raises(ValueError, match="1 layer per block to 2"):
+    with pytest.raises(UserError, match="from 1 layer per block to 2; this one has 2"):
         models.deepen_unet(deep)
 
 

@@ -139,7 +139,7 @@ def deepen_unet(unet):
     from diffusers import UNet2DConditionModel
 
     if unet.config.layers_per_block != 1:
-        raise ValueError(f"deepen_unet grows 1 layer per block to 2; this UNet has {unet.config.layers_per_block}")
+        raise UserError(f"deepen grows a UNet from 1 layer per block to 2; this one has {unet.config.layers_per_block}")
     deep = UNet2DConditionModel.from_config({**unet.config, "layers_per_block": 2})
     state = deep.state_dict()
     for key in state:  # new layers: identity
