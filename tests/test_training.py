@@ -269,3 +269,14 @@ def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
     assert lines[0][3] == lines[1][3]  # one model: same start (broadcast) and same averaged steps
     writers = sorted(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("WRITER"))
     assert writers == [["0", "True"], ["1", "False"]]  # only rank 0 writes the final model
+
+
+def test_deepen_cli_errors_are_one_line(tmp_path, capsys):
+    from pairedit import cli
+
+    assert cli.main(["train", "deepen", "--run", str(tmp_path)]) == 2
+    assert "train deepen needs --dest" in capsys.readouterr().err
+    assert cli.main(["train", "deepen", "--run", str(tmp_path / "empty"), "--dest", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pairedit: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d" / "ip2p").exists()

@@ -47,6 +47,16 @@ def _final(run: Path, stage: str) -> Path:
     return path
 
 
+def _tokenizer(run: Path):
+    """The run's tokenizer (``pairedit train tokenizer``), the first stage every other one reads."""
+    from transformers import CLIPTokenizer
+
+    path = Path(run) / "tokenizer"
+    if not (path / "vocab.json").exists():
+        raise models.ModelNotAvailable(f"{path} does not exist: run `pairedit train tokenizer --run {run}` first")
+    return CLIPTokenizer.from_pretrained(path)
+
+
 def _record(run: Path, stage: str, cfg, seconds: float) -> None:
     """Add the stage's config, wall time and process CPU time to <run>/provenance.json (for docs/models.md)."""
     import json
@@ -81,10 +91,10 @@ class ClipTrainConfig(LoopConfig):
 
 
 def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
-    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPModel, CLIPProcessor
 
     t0 = time.time()
-    tokenizer = CLIPTokenizer.from_pretrained(Path(run) / "tokenizer")
+    tokenizer = _tokenizer(run)
     torch.manual_seed(cfg.seed)
     model = CLIPModel(models.clip_config(tokenizer, width=cfg.width, layers=cfg.layers))
     data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
@@ -280,7 +290,7 @@ def _frozen_parts(run: Path, base: str):
                 CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32).eval().to(device),
                 AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32).eval().to(device),
                 UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32))
-    return (CLIPTokenizer.from_pretrained(Path(run) / "tokenizer"),
+    return (_tokenizer(run),
             models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval().to(device),
             AutoencoderKL.from_pretrained(_final(run, "vae")).eval().to(device), None)
 
@@ -420,10 +430,10 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPModel, CLIPProcessor
 
     run, dest = Path(run), Path(dest)
-    tokenizer = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    tokenizer = _tokenizer(run)
     clip = CLIPModel.from_pretrained(_final(run, "clip")).eval()
     text_encoder = models.text_encoder_from_clip(clip).to(dtype)
     common = dict(tokenizer=tokenizer, text_encoder=text_encoder, safety_checker=None, feature_extractor=None,
