@@ -243,8 +243,10 @@ def loss_fn(step, gen):
     return ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
 m = common.train_loop(cfg, model, loss_fn, "linear")
 w = torch.cat([p.detach().flatten() for p in m.parameters()])
-print("WEIGHTS", dist.get_rank(), dist.get_world_size(), [round(v, 6) for v in w.tolist()])
-print("WRITER", dist.get_rank(), common.is_main_process())
+# one write per line: the launcher runs both ranks unbuffered (-u) into one pipe, where print's separate
+# write of the newline could interleave with the other rank's line
+sys.stdout.write(f"WEIGHTS {dist.get_rank()} {dist.get_world_size()} {[round(v, 6) for v in w.tolist()]}\\n")
+sys.stdout.write(f"WRITER {dist.get_rank()} {common.is_main_process()}\\n")
 """
 
 
@@ -252,6 +254,7 @@ def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
     """Under `accelerate launch --multi_gpu --num_processes 2` on CPU, the ranks average gradients (gloo)."""
     import os
     import shutil
+    import socket
     import subprocess
 
     launcher = shutil.which("accelerate")
@@ -260,7 +263,11 @@ def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
     script = tmp_path / "dp.py"
     script.write_text(DATA_PARALLEL_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port: a training run launched by accelerate may hold the default 29500
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     out = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--main_process_port", port,
                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=300, env=env)
     lines = [line.split(" ", 3) for line in out.stdout.splitlines() if line.startswith("WEIGHTS")]

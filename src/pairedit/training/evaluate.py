@@ -132,9 +132,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
 
     per_cat = {c: {"n": len(v), **means(v)} for c, v in sorted(by_cat.items())}
     # With one object "the circle" is given away; with two or three the model must find it (binding).
-    by_objects = {str(k): {"n": len(v), "edit_success": means(v)["edit_success"],
-                           "vae_ceiling_edit_success": means(v)["vae_ceiling_edit_success"]}
-                  for k, v in sorted(targeted.items())}
+    by_objects = {str(k): {"n": len(v), **means(v)} for k, v in sorted(targeted.items())}
     overall = means([r for v in by_cat.values() for r in v])
     # The vague instruction: which drawing style does each output land on?
     shares = _vague_style_shares(pipe, n_vague, sampler) if n_vague else {}

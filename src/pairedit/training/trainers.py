@@ -418,7 +418,6 @@ def deepen_ip2p(run: Path, dest: Path) -> Path:
     return folder
 
 
-
 def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16,
                   stages: tuple[str, ...] = ("clip", "sd", "ip2p")) -> None:
     """Assemble the trained parts into the three stock folders the loader resolves as 'bundled'."""
