@@ -85,8 +85,11 @@ def tiny_run(tmp_path_factory):
     return run
 
 
-def test_each_trainer_runs_and_export_loads(tiny_run):
+def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     run = tiny_run
+    attention_set = []  # the diffusion trainers pick the attention to back-propagate through
+    monkeypatch.setattr(models, "training_attention",
+                        lambda unet, mp, f=models.training_attention: attention_set.append(f(unet, mp)) or unet)
     few = dict(steps=2, warmup=1, log_every=1, ckpt_every=2)
     train_clip(run, ClipTrainConfig(out=str(run / "clip"), batch_size=4, lr=1e-3, n_scenes=16, width=32, layers=1, **few))
     train_vae(run, VaeTrainConfig(out=str(run / "vae"), batch_size=2, lr=1e-3, n_scenes=16, channels=(8, 8, 8), **few))
@@ -98,6 +101,7 @@ def test_each_trainer_runs_and_export_loads(tiny_run):
         assert torch.equal(a, b) == (not name.startswith(("decoder.", "post_quant_conv."))), name
     train_t2i(run, T2ITrainConfig(out=str(run / "t2i"), batch_size=2, lr=1e-3, n_scenes=16, channels=(16, 16, 16), **few))
     train_ip2p(run, IP2PTrainConfig(out=str(run / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8, **few))
+    assert len(attention_set) == 2  # t2i and ip2p
     for stage in ("clip", "vae", "t2i", "ip2p"):
         assert (run / stage / "final").exists()
         assert (run / stage / "log.jsonl").read_text().strip()
@@ -160,6 +164,30 @@ def test_deepen_unet_keeps_the_function_and_trains_the_new_layers():
         assert deep.get_parameter(name).grad.abs().sum() > 0, name
     with pytest.raises(UserError, match="from 1 layer per block to 2; this one has 2"):
         models.deepen_unet(deep)
+
+
+def test_bf16_cpu_training_attention_is_the_same_function_and_gradient():
+    import copy
+
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**models.unet_config(channels=(16, 32, 32), cross_attention_dim=32, sample_size=8))
+    for p in unet.parameters():  # no zero-initialised output layers: attention reaches the output
+        torch.nn.init.normal_(p, std=0.05)
+    fp32 = models.training_attention(copy.deepcopy(unet), "no")
+    assert {type(p) for p in fp32.attn_processors.values()} == {AttnProcessor2_0}  # in fp32 SDPA is faster
+    classic = models.training_attention(copy.deepcopy(unet), "bf16")
+    assert {type(p) for p in classic.attn_processors.values()} == {AttnProcessor}
+    z, t, text = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 32)
+    query = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    outs = []
+    for model in (unet, classic):
+        out = model(z, t, text).sample
+        out.square().mean().backward()
+        outs.append((out.detach(), model.get_parameter(query).grad))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-6, rtol=1e-4)
 
 
 def test_min_snr_weighting_down_weights_nearly_clean_timesteps(tiny):

@@ -128,6 +128,22 @@ def widen_conv_in(unet, in_channels: int = 8):
     return wide
 
 
+def training_attention(unet, mixed_precision: str):
+    """The attention implementation to back-propagate through: explicit matmul + softmax for bf16 on a CPU.
+
+    Same function either way. Under bf16 autocast, PyTorch's fused SDPA runs a CPU flash-attention
+    backward that took 31% of a bundled InstructPix2Pix training step: forward + backward of batch 32 at
+    1 thread took 1.19 s with it and 0.78 s with diffusers' classic ``AttnProcessor``. In fp32 SDPA is the
+    faster one (1.25 vs 1.59 s), and on GPUs diffusers' default (SDPA) stays. Measured in session 7,
+    ``docs/models.md``.
+    """
+    from diffusers.models.attention_processor import AttnProcessor
+
+    if unet.device.type == "cpu" and mixed_precision == "bf16":
+        unet.set_attn_processor(AttnProcessor())
+    return unet
+
+
 def deepen_unet(unet):
     """The same UNet function with two layers per block instead of one: more capacity for an under-fitted model.
 

@@ -307,6 +307,7 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
     torch.manual_seed(cfg.seed)
     if unet is None:
         unet = UNet2DConditionModel(**models.unet_config(tuple(cfg.channels), text_encoder.config.hidden_size))
+    unet = models.training_attention(unet.to(text_encoder.device), cfg.mixed_precision)
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -346,7 +347,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
-    unet = models.widen_conv_in(unet, 8)
+    unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
     data = pairs_dataset(Path(run) / "data" / "pairs.npz", cfg.n_pairs, cfg.seed)
     lat = _cached_latents(run, "pair_latents", vae, {"before": data["before"], "after": data["after"]})
     edits, sf = data["edits"], vae.config.scaling_factor
