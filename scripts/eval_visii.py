@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import shlex
 import sys
@@ -340,17 +339,6 @@ def mean_shares(records: list[dict], variant: str) -> dict[str, float]:
     return {k: float(np.mean([s.get(k, 0.0) for s in shares])) for k in keys}
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
-    """(a-only successes, b-only successes, exact two-sided McNemar p) of paired outcomes."""
-    only_a = sum(x and not y for x, y in zip(a, b))
-    only_b = sum(y and not x for x, y in zip(a, b))
-    n = only_a + only_b
-    if n == 0:
-        return 0, 0, 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return only_a, only_b, min(1.0, 2 * tail)
-
-
 def loss_comparison(records: list[dict]) -> dict:
     """Paired comparison of the two losses over every (direction, test, noise); the recommendation."""
     per = {loss: {(r["direction"], r["test"], r["variant"]): r for r in rows(records, section="edit", loss_on=loss)}
@@ -359,7 +347,7 @@ def loss_comparison(records: list[dict]) -> dict:
     succ = {loss: [bool(per[loss][k]["scores"]["edit_success"]) for k in common] for loss in LOSSES}
     psnrs = {loss: float(np.mean([per[loss][k]["scores"]["psnr"] for k in common])) if common else None
              for loss in LOSSES}
-    only_c, only_g, p = mcnemar(succ["conditional"], succ["guided"])
+    only_c, only_g, p = metrics.mcnemar(succ["conditional"], succ["guided"])
     rate = {loss: float(np.mean(succ[loss])) if common else None for loss in LOSSES}
     if common and p < 0.05:
         pick = "guided" if only_g > only_c else "conditional"

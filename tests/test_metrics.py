@@ -93,6 +93,17 @@ def test_edit_success():
     assert M.edit_success(truth, truth, truth) is False  # nothing to improve
 
 
+def test_mcnemar_counts_discordant_pairs_and_gives_the_exact_p():
+    a = [True] * 10 + [False] * 2 + [True] * 5
+    b = [False] * 10 + [True] * 2 + [True] * 5  # 10 vs 2 discordant; 5 ties ignored
+    only_a, only_b, p = M.mcnemar(a, b)
+    assert (only_a, only_b) == (10, 2)
+    assert p == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # two-sided binomial tail, P(X ≤ 2 | n=12, ½)
+    assert M.mcnemar([True], [True]) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        M.mcnemar([True], [True, False])
+
+
 def test_psnr_kept_and_changed_split_the_image_by_the_true_edit():
     before = np.zeros((8, 8, 3), np.uint8)
     truth = before.copy()

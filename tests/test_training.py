@@ -258,6 +258,9 @@ def test_ip2p_eval_reports_where_the_error_is():
         assert np.isfinite(res[key]), key
     assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]
     assert sum(res["vague_drawing_style_shares"].values()) == pytest.approx(1.0)
+    per_pair = res["per_pair_edit_success"]  # in pair order, for paired comparisons of two models
+    assert len(per_pair) == 4 and set(per_pair) <= {"0", "1"}
+    assert per_pair.count("1") / 4 == pytest.approx(res["edit_success"])
 
 
 DATA_PARALLEL_SCRIPT = """

@@ -364,6 +364,22 @@ def edit_success(input: ImageLike, output: ImageLike, true_after: ImageLike) -> 
     return bool(((po - pt) ** 2).mean() < ((pi - pt) ** 2).mean())
 
 
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """(a-only successes, b-only successes, exact two-sided McNemar p) of paired outcomes.
+
+    For comparing two methods or models on the same inputs: only the discordant pairs count.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes differ in length: {len(a)} vs {len(b)}")
+    only_a = sum(bool(x) and not y for x, y in zip(a, b))
+    only_b = sum(bool(y) and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return only_a, only_b, min(1.0, 2 * tail)
+
+
 def _region_psnr(input: ImageLike, output: ImageLike, true_after: ImageLike, changed: bool,
                  cap: float | None) -> float:
     pi, pt = _pair(input, true_after, ("input", "true_after"))

@@ -113,6 +113,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor(list(afters))))
     by_cat: dict[str, list[dict]] = {}
     targeted: dict[int, list[dict]] = {}  # edits naming an object ("the circle"), by objects in the scene
+    rows_in_order = []
     for p, before, after, out, ceil in zip(pairs, befores, afters, outputs, ceilings):
         row = {
             "edit_success": metrics.edit_success(before, out, after),
@@ -123,6 +124,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "psnr_changed": metrics.psnr_changed(before, out, after, cap=metrics.PSNR_CAP_DB),
             "vae_ceiling_edit_success": metrics.edit_success(before, ceil, after),
             "vae_ceiling_psnr_kept": metrics.psnr_kept(before, ceil, after, cap=metrics.PSNR_CAP_DB)}
+        rows_in_order.append(row)
         by_cat.setdefault(p.edit.category, []).append(row)
         if p.edit.target is not None:
             targeted.setdefault(len(p.before.objects), []).append(row)
@@ -133,7 +135,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     per_cat = {c: {"n": len(v), **means(v)} for c, v in sorted(by_cat.items())}
     # With one object "the circle" is given away; with two or three the model must find it (binding).
     by_objects = {str(k): {"n": len(v), **means(v)} for k, v in sorted(targeted.items())}
-    overall = means([r for v in by_cat.values() for r in v])
+    overall = means(rows_in_order)
     # The vague instruction: which drawing style does each output land on?
     shares = _vague_style_shares(pipe, n_vague, sampler) if n_vague else {}
     if grid_path is not None:
@@ -145,6 +147,8 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "psnr_kept": overall["psnr_kept"], "psnr_changed": overall["psnr_changed"],
             "vae_ceiling_psnr_kept": overall["vae_ceiling_psnr_kept"],
             "targeted_edits_by_objects_in_scene": by_objects,
+            # one character per held-out pair, in order: paired comparisons of two models (metrics.mcnemar)
+            "per_pair_edit_success": "".join(str(int(r["edit_success"])) for r in rows_in_order),
             "vague_drawing_style_shares": shares, **sampler}
 
 
