@@ -136,6 +136,20 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_a_larger_pair_pool_adds_files_and_keeps_the_pairs_already_drawn(tmp_path, monkeypatch):
+    from pairedit.training import trainers
+
+    monkeypatch.setattr(trainers, "PAIRS_PER_FILE", 3)
+    vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
+    with torch.no_grad():
+        edits3, lat3 = trainers.training_pairs(tmp_path, 3, 0, vae)
+        edits7, lat7 = trainers.training_pairs(tmp_path, 7, 0, vae)
+    assert sorted(p.name for p in (tmp_path / "data").glob("pairs*.npz")) == ["pairs.npz", "pairs_1.npz", "pairs_2.npz"]
+    assert len(edits7) == 7 and lat7["before"].shape[0] == lat7["after"].shape[0] == 7
+    assert edits7[:3] == edits3 and torch.equal(lat7["after"][:3], lat3["after"])
+    assert edits7[3:6] != edits7[:3]  # each file has its own random stream
+
+
 def test_widen_conv_in_zero_initialises_new_channels(tiny):
     wide = models.widen_conv_in(tiny.sd.unet, 8)
     w = wide.conv_in.weight

@@ -207,6 +207,22 @@ def _cached_latents(run: Path, name: str, vae, arrays: dict[str, np.ndarray]) ->
     return out
 
 
+PAIRS_PER_FILE = 60_000  # edit pairs per cached file (1.5 GB of pixels); a larger --n-pairs adds files
+
+
+def training_pairs(run: Path, n: int, seed: int, vae) -> tuple[list[world.Edit], dict[str, torch.Tensor]]:
+    """The first ``n`` training pairs: their edits and VAE latents (before, after), from files of
+    ``PAIRS_PER_FILE`` pairs. A larger ``n`` adds files and keeps the earlier pairs as they were."""
+    edits, latents = [], []
+    for part, start in enumerate(range(0, n, PAIRS_PER_FILE)):
+        suffix = f"_{part}" if part else ""
+        data = pairs_dataset(Path(run) / "data" / f"pairs{suffix}.npz", min(PAIRS_PER_FILE, n - start), seed, part)
+        latents.append(_cached_latents(run, f"pair_latents{suffix}", vae, {"before": data["before"],
+                                                                            "after": data["after"]}))
+        edits += data["edits"]
+    return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
+
+
 # ----------------------------------------------------------------------------------------------
 # Diffusion (text-to-image and InstructPix2Pix share the loss)
 
@@ -348,9 +364,8 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    data = pairs_dataset(Path(run) / "data" / "pairs.npz", cfg.n_pairs, cfg.seed)
-    lat = _cached_latents(run, "pair_latents", vae, {"before": data["before"], "after": data["after"]})
-    edits, sf = data["edits"], vae.config.scaling_factor
+    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae)
+    sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     embed = FrozenTextEmbeddings(text_encoder, tokenizer)
     empty = embed([""])
