@@ -88,8 +88,13 @@ def tiny_run(tmp_path_factory):
 def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     run = tiny_run
     attention_set = []  # the diffusion trainers pick the attention to back-propagate through
-    monkeypatch.setattr(models, "training_attention",
-                        lambda unet, mp, f=models.training_attention: attention_set.append(f(unet, mp)) or unet)
+    real_training_attention = models.training_attention
+
+    def spy(unet, mixed_precision):
+        attention_set.append(unet)
+        return real_training_attention(unet, mixed_precision)
+
+    monkeypatch.setattr(models, "training_attention", spy)
     few = dict(steps=2, warmup=1, log_every=1, ckpt_every=2)
     train_clip(run, ClipTrainConfig(out=str(run / "clip"), batch_size=4, lr=1e-3, n_scenes=16, width=32, layers=1, **few))
     train_vae(run, VaeTrainConfig(out=str(run / "vae"), batch_size=2, lr=1e-3, n_scenes=16, channels=(8, 8, 8), **few))

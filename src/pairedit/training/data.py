@@ -39,18 +39,19 @@ def scenes_dataset(path: Path, n: int, seed: int) -> dict:
     return {"pixels": pixels, "captions": captions}
 
 
-def pairs_dataset(path: Path, n: int, seed: int, part: int = 0) -> dict:
+def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True) -> dict:
     """``n`` training edit pairs: before/after pixels, after captions and the edits (to word at batch time).
 
     ``part`` numbers the files of a larger pool (each drawn from its own random stream), so adding files
-    never changes the pairs already drawn.
+    never changes the pairs already drawn. ``pixels=False`` skips reading the 1.5 GB of before/after pixels
+    from an existing file (a trainer whose latents are cached needs only the edits).
     """
     path = Path(path)
     if path.exists():
         data = np.load(path, allow_pickle=False)
         edits = [world.Edit(*e) for e in json.loads(str(data["edits"]))]
-        return {"before": data["before"], "after": data["after"], "edits": edits,
-                "after_captions": json.loads(str(data["after_captions"]))}
+        out = {"edits": edits, "after_captions": json.loads(str(data["after_captions"]))}
+        return {"before": data["before"], "after": data["after"], **out} if pixels else out
     rng = random.Random(f"pairs:{seed}" if part == 0 else f"pairs:{seed}:part{part}")
     size = world.IMAGE_SIZE
     before = np.zeros((n, size, size, 3), np.uint8)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,13 +197,15 @@ def encode_pixels(vae, pixels: np.ndarray, batch: int = 256) -> torch.Tensor:
                       for i in range(0, len(pixels), batch)])
 
 
-def _cached_latents(run: Path, name: str, vae, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def _cached_latents(run: Path, name: str, vae,
+                    arrays: Callable[[], dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """VAE latent modes of ``arrays()`` (read only when the cache ``data/<name>.safetensors`` is missing)."""
     from safetensors.torch import load_file, save_file
 
     path = Path(run) / "data" / f"{name}.safetensors"
     if path.exists():
         return load_file(path)
-    out = {k: encode_pixels(vae, v).to(torch.float16).contiguous() for k, v in arrays.items()}
+    out = {k: encode_pixels(vae, v).to(torch.float16).contiguous() for k, v in arrays().items()}
     save_file(out, path)
     return out
 
@@ -216,10 +219,11 @@ def training_pairs(run: Path, n: int, seed: int, vae) -> tuple[list[world.Edit],
     edits, latents = [], []
     for part, start in enumerate(range(0, n, PAIRS_PER_FILE)):
         suffix = f"_{part}" if part else ""
-        data = pairs_dataset(Path(run) / "data" / f"pairs{suffix}.npz", min(PAIRS_PER_FILE, n - start), seed, part)
-        latents.append(_cached_latents(run, f"pair_latents{suffix}", vae, {"before": data["before"],
-                                                                            "after": data["after"]}))
-        edits += data["edits"]
+        args = (Path(run) / "data" / f"pairs{suffix}.npz", min(PAIRS_PER_FILE, n - start), seed, part)
+        edits += pairs_dataset(*args, pixels=False)["edits"]
+        latents.append(_cached_latents(run, f"pair_latents{suffix}", vae,
+                                       lambda args=args: {k: v for k, v in pairs_dataset(*args).items()
+                                                          if k in ("before", "after")}))
     return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
 
 
@@ -318,7 +322,7 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
     t0 = time.time()
     tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
     data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
-    latents = _cached_latents(run, "scene_latents", vae, {"scenes": data["pixels"]})["scenes"]
+    latents = _cached_latents(run, "scene_latents", vae, lambda: {"scenes": data["pixels"]})["scenes"]
     captions, sf = data["captions"], vae.config.scaling_factor
     torch.manual_seed(cfg.seed)
     if unet is None:
