@@ -300,8 +300,7 @@ sys.stdout.write(f"WRITER {dist.get_rank()} {common.is_main_process()}\\n")
 """
 
 
-def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
-    """Under `accelerate launch --multi_gpu --num_processes 2` on CPU, the ranks average gradients (gloo)."""
+def _launch_two_processes(tmp_path: Path, script: str, *args: str):
     import os
     import shutil
     import socket
@@ -310,22 +309,90 @@ def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
     launcher = shutil.which("accelerate")
     if launcher is None:
         pytest.skip("the accelerate launcher is not on PATH")
-    script = tmp_path / "dp.py"
-    script.write_text(DATA_PARALLEL_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    path = tmp_path / "script.py"
+    path.write_text(script)
     with socket.socket() as s:  # a free port: a training run launched by accelerate may hold the default 29500
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    out = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--main_process_port", port,
-                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=300, env=env)
-    lines = [line.split(" ", 3) for line in out.stdout.splitlines() if line.startswith("WEIGHTS")]
-    assert len(lines) == 2, out.stdout + out.stderr[-2000:]
+    return subprocess.Popen([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+                             str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
+    """Under `accelerate launch --multi_gpu --num_processes 2` on CPU, the ranks average gradients (gloo)."""
+    out, err = _launch_two_processes(tmp_path, DATA_PARALLEL_SCRIPT, str(tmp_path / "run")).communicate(timeout=300)
+    lines = [line.split(" ", 3) for line in out.splitlines() if line.startswith("WEIGHTS")]
+    assert len(lines) == 2, out + err[-3000:]
     assert {rank for _, rank, _, _ in lines} == {"0", "1"} and all(world == "2" for _, _, world, _ in lines)
     assert lines[0][3] == lines[1][3]  # one model: same start (broadcast) and same averaged steps
-    writers = sorted(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("WRITER"))
+    writers = sorted(line.split()[1:] for line in out.splitlines() if line.startswith("WRITER"))
     assert writers == [["0", "True"], ["1", "False"]]  # only rank 0 writes the final model
+
+
+KILL_SCRIPT = """
+import os, sys, time, torch, torch.distributed as dist
+from pathlib import Path
+from pairedit import cli
+from pairedit.training import common
+out, stop_after = Path(sys.argv[1]), int(sys.argv[2])  # stop_after < 0: run until killed
+cfg = common.LoopConfig(out=str(out), steps=100_000, batch_size=8, lr=1e-2, warmup=1, ckpt_every=7, threads=1)
+torch.manual_seed(0)
+model = torch.nn.Linear(2048, 2048)  # 4M weights: a checkpoint takes long enough to be hit by a second signal
+def loss_fn(step, gen):
+    if step == stop_after:
+        raise KeyboardInterrupt  # the reference: both ranks stop before step `stop_after`
+    if step == 30 and dist.get_rank() == 0:
+        (out / "running").write_text("")
+    x = torch.randn(8, 2048, generator=gen)
+    return ((model(x) - x.flip(1)) ** 2).mean()
+import signal
+signal.signal(signal.SIGTERM, cli._terminate_as_interrupt)  # what `pairedit` installs
+try:
+    common.train_loop(cfg, model, loss_fn, "linear")
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_killing_a_data_parallel_run_saves_the_state_after_a_whole_step(tmp_path):
+    """`pkill -f "train ip2p"` signals the launcher and both workers, and the launcher forwards its signal:
+    each worker gets SIGTERM twice. The checkpoint must still be written, and be exactly the state after the
+    step count it names (no half-applied update), as a run stopped cleanly at that step has it."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    proc = _launch_two_processes(tmp_path, KILL_SCRIPT, str(killed), "-1")
+    deadline = time.time() + 120
+    while not (killed / "running").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    for _ in range(10):  # the launcher and both workers, like pkill -f, and again (a second pkill or Ctrl-C)
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.03)
+    out, err = proc.communicate(timeout=120)
+    ckpt = common.latest_checkpoint(killed / "checkpoints")
+    assert ckpt is not None and "interrupted: checkpoint saved at step" in out, out + err[-3000:]
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    assert step >= 30, step
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    proc = _launch_two_processes(tmp_path, KILL_SCRIPT, str(reference), str(step))
+    out, err = proc.communicate(timeout=300)
+    ref = common.latest_checkpoint(reference / "checkpoints")
+    assert ref is not None and ref.name == ckpt.name, out + err[-3000:]
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(ckpt / name), load_file(ref / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_deepen_cli_errors_are_one_line(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 Checkpoints are safetensors (model, EMA and optimizer tensors) plus JSON (step, optimizer
 hyper-parameters, config), never pickles. A checkpoint is written every ``ckpt_every`` steps and on
-Ctrl-C, so an interrupted run loses at most one interval; rerunning the same command resumes.
+Ctrl-C or ``kill`` (SIGTERM), so an interrupted run loses at most one interval; rerunning the same command
+resumes.
 
 The loop runs under 🤗 Accelerate, so ``accelerate launch --multi_gpu --num_processes N -m pairedit.cli
 train ...`` trains data-parallel with the same code, on GPUs or on CPU cores (gloo): each process draws
@@ -14,6 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -178,55 +182,106 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
         if accelerator.is_main_process:
             save_checkpoint(ckpt_dir, at, model, opt, ema, cfg)
 
-    try:
-        for step in bar:
-            gen.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
-            model.train()
-            with accelerator.autocast():
-                loss = loss_fn(step, gen)
-            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()  # over all processes
-            if not math.isfinite(mean_loss):  # every process sees it, so all of them stop
-                raise FloatingPointError(f"[{name}] loss is {mean_loss} at step {step}")
-            accelerator.backward(loss)
-            sync_gradients(params, accelerator)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(params)
-            running.append(mean_loss)
-            if (step + 1) % cfg.log_every == 0 and accelerator.is_main_process:
-                rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
-                       "sec_per_step": (time.time() - t0) / len(running)}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                running, t0 = [], time.time()
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-                checkpoint(step + 1)
-    except KeyboardInterrupt:
-        checkpoint(step)
-        accelerator.print(f"[{name}] interrupted: checkpoint saved at step {step}; rerun the same command to resume")
-        raise
+    with StopRequests(name) as stop:
+        try:
+            for step in bar:
+                gen.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
+                model.train()
+                with accelerator.autocast():
+                    loss = loss_fn(step, gen)
+                # the stop flag travels with the loss, so every process stops before the same step's update
+                flags = torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=loss.device)])
+                mean_loss, stopping = accelerator.reduce(flags, reduction="mean").tolist()  # over all processes
+                if stopping:
+                    raise KeyboardInterrupt
+                if not math.isfinite(mean_loss):  # every process sees it, so all of them stop
+                    raise FloatingPointError(f"[{name}] loss is {mean_loss} at step {step}")
+                accelerator.backward(loss)
+                sync_gradients(params, accelerator)
+                if cfg.grad_clip:
+                    accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(params)
+                running.append(mean_loss)
+                if (step + 1) % cfg.log_every == 0 and accelerator.is_main_process:
+                    rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
+                           "sec_per_step": (time.time() - t0) / len(running)}
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                    running, t0 = [], time.time()
+                if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                    checkpoint(step + 1)
+        except KeyboardInterrupt:  # from StopRequests, or raised by loss_fn: `step` steps are finished
+            checkpoint(step)
+            accelerator.print(f"[{name}] interrupted: checkpoint saved at step {step}; rerun the same command to resume")
+            raise
     if ema is not None:
         ema.copy_to(params)
     return model
 
 
-def training_device() -> torch.device:
-    """This process's device under accelerate: its GPU when launched on GPUs, else the CPU."""
+class StopRequests:
+    """SIGINT / SIGTERM during the loop: every process finishes its step, rank 0 saves, then all stop.
+
+    Raising KeyboardInterrupt at the signal (the CLI's default) can land anywhere: half-way through an
+    optimizer step, inside a checkpoint being written, or while another process waits in an all-reduce.
+    Under ``accelerate launch`` each worker gets the signal twice (from ``kill``/Ctrl-C and again from the
+    launcher, which forwards it), and the second one used to interrupt the first one's checkpoint. Here a
+    signal only sets a flag, which ``train_loop`` reduces over processes with the step's loss, so all ranks
+    stop before the same step's update. Repeated signals are ignored while that happens (SIGKILL still works;
+    the launcher sends it after its own grace period of 30 s).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name, self.requested, self._previous = name, False, {}
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            print(f"\n[{self.name}] stop requested: finishing this step, then saving a checkpoint", file=sys.stderr)
+        self.requested = True
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _process_state():
+    """Accelerate's view of this process (one per process; the first call joins the process group).
+
+    The group's timeout is 3 h instead of 30 min: while rank 0 draws and encodes a new pair file (tens of
+    minutes on a CPU) the other ranks wait for it at a barrier.
+    """
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available()).device
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=3))
+
+
+def training_device() -> torch.device:
+    """This process's device under accelerate: its GPU when launched on GPUs, else the CPU."""
+    return _process_state().device
+
+
+def main_process_first():
+    """A context in which the main process runs first and the others after it: files that every process
+    reads (rendered data, cached latents) are then drawn and written once, not by all processes at once."""
+    return _process_state().main_process_first()
 
 
 def is_main_process() -> bool:
     """True in the one process that writes shared files (also when not launched by accelerate)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    return _process_state().is_main_process
 
 
 def sync_parameters(params: list[torch.Tensor], accelerator) -> None:

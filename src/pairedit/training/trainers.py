@@ -34,6 +34,7 @@ from .common import (
     is_main_process,
     latest_checkpoint,
     load_weights,
+    main_process_first,
     train_loop,
     training_device,
     write_json,
@@ -98,7 +99,8 @@ def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
     tokenizer = _tokenizer(run)
     torch.manual_seed(cfg.seed)
     model = CLIPModel(models.clip_config(tokenizer, width=cfg.width, layers=cfg.layers))
-    data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
+    with main_process_first():
+        data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
     pixels, captions = data["pixels"], data["captions"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -142,7 +144,8 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**models.vae_config(tuple(cfg.channels)))
-    pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
+    with main_process_first():
+        pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
@@ -171,7 +174,8 @@ def train_vae_decoder(run: Path, cfg: VaeTrainConfig) -> None:
     vae = AutoencoderKL.from_pretrained(_final(run, "vae"))
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(False)
-    pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
+    with main_process_first():
+        pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
@@ -321,8 +325,9 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
 
     t0 = time.time()
     tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
-    data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
-    latents = _cached_latents(run, "scene_latents", vae, lambda: {"scenes": data["pixels"]})["scenes"]
+    with main_process_first():
+        data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
+        latents = _cached_latents(run, "scene_latents", vae, lambda: {"scenes": data["pixels"]})["scenes"]
     captions, sf = data["captions"], vae.config.scaling_factor
     torch.manual_seed(cfg.seed)
     if unet is None:
@@ -368,7 +373,8 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae)
+    with main_process_first():
+        edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     embed = FrozenTextEmbeddings(text_encoder, tokenizer)
