@@ -225,7 +225,7 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
 
 
 class StopRequests:
-    """SIGINT / SIGTERM during the loop: every process finishes its step, rank 0 saves, then all stop.
+    """SIGINT / SIGTERM during the loop: every process stops before the same update, rank 0 saves, all exit.
 
     Raising KeyboardInterrupt at the signal (the CLI's default) can land anywhere: half-way through an
     optimizer step, inside a checkpoint being written, or while another process waits in an all-reduce.
@@ -241,7 +241,8 @@ class StopRequests:
 
     def _handle(self, signum, frame) -> None:
         if not self.requested:
-            print(f"\n[{self.name}] stop requested: finishing this step, then saving a checkpoint", file=sys.stderr)
+            print(f"\n[{self.name}] stop requested: stopping before the next update to save a checkpoint",
+                  file=sys.stderr)
         self.requested = True
 
     def __enter__(self) -> StopRequests:
