@@ -9,11 +9,16 @@ pairedit train tokenizer --run "$RUN"
 pairedit train clip --run "$RUN" --seed 0 --threads "$THREADS"     # 1,500 steps × 128 (image, caption)
 pairedit train vae  --run "$RUN" --seed 0 --threads "$THREADS"     # 1,500 steps × 32 images
 pairedit train vae-decoder --run "$RUN" --seed 0 --threads "$THREADS"  # 1,000 steps, decoder only
+pairedit train vae-decoder --run "$RUN" --seed 0 --threads "$THREADS" --steps 3000  # session 8: resumed at 1,000, new cosine
 pairedit train t2i  --run "$RUN" --seed 0 --threads "$THREADS" --steps 1500   # text-to-image UNet
 # InstructPix2Pix recipe. The shipped run: steps 1–1,250 in fp32 on a 20,000-step schedule, then bf16 autocast
 # on a 12,000-step schedule to step 5,904 and a 24,000-step one since (the cosine is recomputed from --steps on
 # resume); from step 12,352 data-parallel on the two cores: 2 processes × batch 32 = the same global batch of 64.
 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m pairedit.cli \
     train ip2p --run "$RUN" --seed 0 --threads 1 --batch-size 32 --steps 24000 --mixed-precision bf16
+# The shipped UNet then went on with longer schedules, each resuming the previous checkpoint (the full history with
+# the steps where each change was made is the InstructPix2Pix row of docs/models.md): --steps 48000 --lr 2e-4 to
+# step 31,358; --steps 150000 --lr 1.2e-4 to step 40,049; the same with --n-pairs 180000 to step 45,720; then
+# `pairedit train snapshot --of ip2p --run "$RUN"` writes ip2p/final from the latest checkpoint's EMA weights.
 pairedit train export --run "$RUN"                                  # → src/pairedit/bundled (fp16)
 pairedit train eval --models bundled --out docs/models_eval         # quality gates → docs/models.md
