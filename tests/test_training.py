@@ -332,7 +332,7 @@ def test_data_parallel_on_cpu_processes_keeps_one_model(tmp_path):
 
 
 KILL_SCRIPT = """
-import os, sys, time, torch, torch.distributed as dist
+import sys, torch, torch.distributed as dist
 from pathlib import Path
 from pairedit import cli
 from pairedit.training import common
