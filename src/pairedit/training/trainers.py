@@ -99,8 +99,7 @@ def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
     tokenizer = _tokenizer(run)
     torch.manual_seed(cfg.seed)
     model = CLIPModel(models.clip_config(tokenizer, width=cfg.width, layers=cfg.layers))
-    with main_process_first():
-        data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
+    data = training_scenes(run, cfg.n_scenes, cfg.seed)
     pixels, captions = data["pixels"], data["captions"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -144,8 +143,7 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**models.vae_config(tuple(cfg.channels)))
-    with main_process_first():
-        pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
+    pixels = training_scenes(run, cfg.n_scenes, cfg.seed)["pixels"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
@@ -174,8 +172,7 @@ def train_vae_decoder(run: Path, cfg: VaeTrainConfig) -> None:
     vae = AutoencoderKL.from_pretrained(_final(run, "vae"))
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(False)
-    with main_process_first():
-        pixels = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)["pixels"]
+    pixels = training_scenes(run, cfg.n_scenes, cfg.seed)["pixels"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
@@ -217,17 +214,31 @@ def _cached_latents(run: Path, name: str, vae,
 PAIRS_PER_FILE = 60_000  # edit pairs per cached file (1.5 GB of pixels); a larger --n-pairs adds files
 
 
+def training_scenes(run: Path, n: int, seed: int, vae=None) -> dict:
+    """The first ``n`` training scenes (pixels, captions), with their VAE latents when ``vae`` is given.
+
+    Under ``accelerate launch`` the main process draws and encodes whatever is missing first; the others
+    then read the files (the same holds for ``training_pairs``).
+    """
+    with main_process_first():
+        data = scenes_dataset(Path(run) / "data" / "scenes.npz", n, seed)
+        if vae is not None:
+            data["latents"] = _cached_latents(run, "scene_latents", vae, lambda: {"scenes": data["pixels"]})["scenes"]
+    return data
+
+
 def training_pairs(run: Path, n: int, seed: int, vae) -> tuple[list[world.Edit], dict[str, torch.Tensor]]:
     """The first ``n`` training pairs: their edits and VAE latents (before, after), from files of
     ``PAIRS_PER_FILE`` pairs. A larger ``n`` adds files and keeps the earlier pairs as they were."""
     edits, latents = [], []
-    for part, start in enumerate(range(0, n, PAIRS_PER_FILE)):
-        suffix = f"_{part}" if part else ""
-        args = (Path(run) / "data" / f"pairs{suffix}.npz", min(PAIRS_PER_FILE, n - start), seed, part)
-        edits += pairs_dataset(*args, pixels=False)["edits"]
-        latents.append(_cached_latents(run, f"pair_latents{suffix}", vae,
-                                       lambda args=args: {k: v for k, v in pairs_dataset(*args).items()
-                                                          if k in ("before", "after")}))
+    with main_process_first():
+        for part, start in enumerate(range(0, n, PAIRS_PER_FILE)):
+            suffix = f"_{part}" if part else ""
+            args = (Path(run) / "data" / f"pairs{suffix}.npz", min(PAIRS_PER_FILE, n - start), seed, part)
+            edits += pairs_dataset(*args, pixels=False)["edits"]
+            latents.append(_cached_latents(run, f"pair_latents{suffix}", vae,
+                                           lambda args=args: {k: v for k, v in pairs_dataset(*args).items()
+                                                              if k in ("before", "after")}))
     return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
 
 
@@ -325,10 +336,8 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
 
     t0 = time.time()
     tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
-    with main_process_first():
-        data = scenes_dataset(Path(run) / "data" / "scenes.npz", cfg.n_scenes, cfg.seed)
-        latents = _cached_latents(run, "scene_latents", vae, lambda: {"scenes": data["pixels"]})["scenes"]
-    captions, sf = data["captions"], vae.config.scaling_factor
+    data = training_scenes(run, cfg.n_scenes, cfg.seed, vae)
+    latents, captions, sf = data["latents"], data["captions"], vae.config.scaling_factor
     torch.manual_seed(cfg.seed)
     if unet is None:
         unet = UNet2DConditionModel(**models.unet_config(tuple(cfg.channels), text_encoder.config.hidden_size))
@@ -373,8 +382,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    with main_process_first():
-        edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae)
+    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     embed = FrozenTextEmbeddings(text_encoder, tokenizer)
