@@ -4,6 +4,8 @@
     python scripts/diagnose_ip2p.py x0 --n 48              # one-step x0 estimate per guidance branch vs t
     python scripts/diagnose_ip2p.py x0 --unet /work/runs/default/ip2p/final   # a run's UNet in the bundle
     python scripts/diagnose_ip2p.py split --n 1024 --run /work/runs/default   # training loss: seen vs new pairs
+    python scripts/diagnose_ip2p.py combos --n 200         # object edits: held-out vs trained (edit, shape)
+    python scripts/diagnose_ip2p.py confusion --n 3        # which shape pairs the named object is mistaken in
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
   ``train eval`` for a few samplers settings; the gate itself is measured at 20 steps, s_T 7.5, s_I 1.5.
@@ -14,6 +16,15 @@
   cached pairs), on new pairs of the training split and on held-out pairs, with the same noise and timesteps:
   a gap between the first two is memorisation, between the last two a failure to generalise to held-out
   scenes and (edit, object) combinations; no gap means the model is under-fitted.
+- ``combos``: the gate's object edits (recolour, replace, remove, resize) are all on held-out (edit, shape)
+  combinations. Each of N such pairs (held-out scenes) is matched with an edit of the same category on the
+  same before-scene whose combination the UNet did train on (same target where another type allows it), and
+  both are edited with the gate's sampler and seeds: a paired gap is a failure to generalise to new
+  combinations, no gap means the object edits are hard as such.
+- ``confusion``: for every ordered pair of shapes (named, other), N two-object held-out scenes and an object
+  edit naming the first; is the named object edited, the other one, or neither (``evaluate.object_chosen``)?
+  Set next to how alike the two shapes are to the text encoder (cosine of the shape word's conditioning in
+  "remove the <shape>") and to the eye (IoU of the two shapes drawn at the same place and size).
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pairedit import models, world
+from pairedit import metrics, models, world
+from pairedit.editing import ip2p_edit
 from pairedit.images import to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
 from pairedit.training.evaluate import eval_ip2p, heldout_pairs
@@ -136,9 +148,124 @@ def loss_by_split(pipe, n: int, run: str) -> dict:
     return out
 
 
+def matched_seen_edit(pair: world.Pair, rng: random.Random) -> world.Edit | None:
+    """An edit of ``pair``'s category on its before-scene whose (edit, shape) combination is trained on."""
+    types = [t for t, spec in world.EDIT_TYPES.items() if spec.category == pair.edit.category]
+    shapes = sorted({o.shape for o in pair.before.objects})
+    same_target = [world.Edit(t, pair.edit.target) for t in types]
+    other_target = [world.Edit(t, s) for t in types for s in shapes if s != pair.edit.target]
+    for candidates in (same_target, other_target):
+        ok = [e for e in candidates if not world.is_heldout_combo(e) and world.is_applicable(pair.before, e)
+              and world.changes_image(pair.before, world.apply_edit(pair.before, e))]
+        if ok:
+            return rng.choice(ok)
+    return None
+
+
+@torch.no_grad()
+def seen_vs_heldout_combos(pipe, n: int) -> dict:
+    """Edit success on held-out (edit, shape) combinations vs trained ones, on the same held-out scenes."""
+    rng = random.Random("combos")
+    types = tuple(t for t, spec in world.EDIT_TYPES.items() if spec.category in ("recolor", "replace", "remove", "resize"))
+    rows = []
+    while len(rows) < n:
+        pair = world.make_pair(world.random_edit(rng, "test", types=types), rng, "test")
+        seen = matched_seen_edit(pair, rng)
+        if seen is None:
+            continue
+        rows.append((pair, world.Pair(pair.before, world.apply_edit(pair.before, seen), seen, "")))
+    out: dict[str, dict] = {}
+    flags = {"heldout": "", "seen": ""}
+    for i, (held, seen) in enumerate(rows):
+        before = world.render(held.before)
+        for arm, p in (("heldout", held), ("seen", seen)):
+            edited = ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=i)[0]
+            ok = metrics.edit_success(before, edited, world.render(p.after))
+            flags[arm] += str(int(ok))
+            cat = out.setdefault(p.edit.category, {"n": 0, "heldout": 0, "seen": 0})
+            cat[arm] += ok
+        out[held.edit.category]["n"] += 1
+        if (i + 1) % 20 == 0:
+            print(i + 1, {a: f.count("1") / len(f) for a, f in flags.items()}, flush=True)
+    res = {"n": n, "edit_success": {a: f.count("1") / n for a, f in flags.items()},
+           "mcnemar_heldout_only_seen_only_p": metrics.mcnemar([c == "1" for c in flags["heldout"]],
+                                                               [c == "1" for c in flags["seen"]]),
+           "per_category": {c: {"n": v["n"], "heldout": v["heldout"] / v["n"], "seen": v["seen"] / v["n"]}
+                            for c, v in sorted(out.items())},
+           "same_target": sum(h.edit.target == s.edit.target for h, s in rows) / n,
+           "per_pair": flags}
+    print(json.dumps({k: v for k, v in res.items() if k != "per_pair"}), flush=True)
+    return res
+
+
+def shape_similarity(pipe) -> tuple[dict, dict]:
+    """(text, visual) similarity of each ordered shape pair; see ``confusion``."""
+    emb = {s: encode_text(pipe, f"remove the {s}")[0] for s in world.SHAPES}
+    pos = len(pipe.tokenizer("remove the square").input_ids) - 2  # the shape word (before end-of-text)
+    text = {(a, b): float(torch.cosine_similarity(emb[a][pos], emb[b][pos], dim=0))
+            for a in world.SHAPES for b in world.SHAPES if a != b}
+    masks = {s: world.object_masks(world.Scene("plain", (world.Obj(s, "red", "large", 0.5, 0.5),)))[0]
+             for s in world.SHAPES}
+    visual = {(a, b): float((masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum())
+              for a in world.SHAPES for b in world.SHAPES if a != b}
+    return text, visual
+
+
+@torch.no_grad()
+def binding_confusion(pipe, n: int) -> dict:
+    """Named / other / none per ordered shape pair, with the two similarities (see the module docstring)."""
+    from pairedit.training.evaluate import object_chosen, same_edit_on_other_objects
+
+    rng = random.Random("confusion")
+    types = tuple(t for t, spec in world.EDIT_TYPES.items() if spec.needs_target)
+    text, visual = shape_similarity(pipe)
+    rows = []
+    for (a, b) in text:
+        done = 0
+        while done < n:
+            edit = world.random_edit(rng, "any", types=types)
+            edit = world.Edit(edit.type, a, edit.value)
+            if edit.type == f"replace_{b}" or edit.type == f"replace_{a}":
+                continue
+            try:
+                scene = world.random_scene(rng, "test", n_objects=2, style="photo", shapes=(a, b))
+            except world.WorldError:
+                continue
+            if not world.is_applicable(scene, edit) or not world.changes_image(scene, world.apply_edit(scene, edit)):
+                continue
+            wrong = same_edit_on_other_objects(scene, edit)
+            if not wrong:
+                continue
+            before, after = world.render(scene), world.render(world.apply_edit(scene, edit))
+            out = ip2p_edit(pipe, [before], edit.instruction(wording=0), seed=len(rows))[0]
+            rows.append({"named": a, "other": b, "edit": edit.name, "text_cos": text[a, b], "iou": visual[a, b],
+                         "chosen": object_chosen(out, before, after, [world.render(w) for w in wrong]),
+                         "edit_success": metrics.edit_success(before, out, after)})
+            done += 1
+        print(a, b, [r["chosen"] for r in rows[-n:]], flush=True)
+
+    def share_other(sel: list[dict]) -> dict:
+        return {"n": len(sel), "other": sum(r["chosen"] == "other" for r in sel) / max(len(sel), 1),
+                "edit_success": sum(r["edit_success"] for r in sel) / max(len(sel), 1)}
+
+    tc, iou = sorted(r["text_cos"] for r in rows), sorted(r["iou"] for r in rows)
+    t_mid, v_mid = tc[len(tc) // 2], iou[len(iou) // 2]
+    res = {"all": share_other(rows),
+           "by_text_cos": {f"< {t_mid:.3f}": share_other([r for r in rows if r["text_cos"] < t_mid]),
+                           f">= {t_mid:.3f}": share_other([r for r in rows if r["text_cos"] >= t_mid])},
+           "by_iou": {f"< {v_mid:.3f}": share_other([r for r in rows if r["iou"] < v_mid]),
+                      f">= {v_mid:.3f}": share_other([r for r in rows if r["iou"] >= v_mid])},
+           "by_both": {f"text {'hi' if th else 'lo'} / iou {'hi' if vh else 'lo'}": share_other(
+               [r for r in rows if (r["text_cos"] >= t_mid) == th and (r["iou"] >= v_mid) == vh])
+               for th in (False, True) for vh in (False, True)},
+           "rows": rows}
+    print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("sweep", "x0", "split"))
+    ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final)")
     ap.add_argument("--n", type=int, default=48, help="held-out pairs (the first N of `train eval`'s 280)")
@@ -152,6 +279,10 @@ def main() -> None:
         res = sweep(pipe, args.n)
     elif args.what == "x0":
         res = x0_by_branch(pipe, args.n)
+    elif args.what == "combos":
+        res = seen_vs_heldout_combos(pipe, args.n)
+    elif args.what == "confusion":
+        res = binding_confusion(pipe, args.n)
     else:
         res = loss_by_split(pipe, args.n, args.run)
     if args.json:

@@ -266,7 +266,7 @@ def test_vae_ceiling_of_the_bundled_autoencoder():
 @requires_bundled
 def test_ip2p_eval_reports_where_the_error_is():
     """eval_ip2p on a few pairs: every score per category, and the kept pixels come through the VAE nearly intact."""
-    from pairedit.training.evaluate import eval_ip2p, heldout_pairs
+    from pairedit.training.evaluate import eval_ip2p, heldout_pairs, same_edit_on_other_objects
 
     res = eval_ip2p(models.load_ip2p("bundled"), n=4, n_vague=2)
     assert res["n"] == 4 and sum(c["n"] for c in res["per_category"].values()) == 4
@@ -277,9 +277,32 @@ def test_ip2p_eval_reports_where_the_error_is():
         assert np.isfinite(res[key]), key
     assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]
     assert sum(res["vague_drawing_style_shares"].values()) == pytest.approx(1.0)
+    chosen = res["targeted_edits_object_chosen"]
+    assert chosen["n"] == sum(p.edit.target is not None and bool(same_edit_on_other_objects(p.before, p.edit))
+                              for p in heldout_pairs(4))
+    if chosen["n"]:
+        assert sum(chosen["all"].values()) == pytest.approx(1.0)
     per_pair = res["per_pair_edit_success"]  # in pair order, for paired comparisons of two models
     assert len(per_pair) == 4 and set(per_pair) <= {"0", "1"}
     assert per_pair.count("1") / 4 == pytest.approx(res["edit_success"])
+
+
+def test_object_chosen_tells_the_named_object_from_another_and_from_no_edit():
+    """The binding diagnostic: exact after-images of the edit on the named and on another object."""
+    from pairedit.training.evaluate import object_chosen, same_edit_on_other_objects
+
+    scene = world.Scene("plain", (world.Obj("square", "red", "large", 0.3, 0.3),
+                                  world.Obj("diamond", "blue", "large", 0.7, 0.7)), "photo")
+    edit = world.Edit("remove", "square")
+    wrong = same_edit_on_other_objects(scene, edit)
+    assert [len(w.objects) == 1 and w.objects[0].shape == "square" for w in wrong] == [True]
+    before, after = world.render(scene), world.render(world.apply_edit(scene, edit))
+    wrong_images = [world.render(w) for w in wrong]
+    assert object_chosen(after, before, after, wrong_images) == "named"
+    assert object_chosen(wrong_images[0], before, after, wrong_images) == "other"
+    assert object_chosen(before, before, after, wrong_images) == "none"
+    # an edit that does not apply to the other object (it is already blue) has no wrong-object image
+    assert same_edit_on_other_objects(scene, world.Edit("recolor_blue", "square")) == []
 
 
 DATA_PARALLEL_SCRIPT = """

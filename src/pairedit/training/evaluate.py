@@ -8,7 +8,8 @@
 - InstructPix2Pix (unambiguous instructions, s_T = 7.5, s_I = 1.5, 20 Euler-ancestral steps): edit
   success, PSNR to the true after-image per category, and for the vague "turn it into a drawing" the
   share of outputs landing on each drawing style; next to it the autoencoder ceiling: the same scores
-  for the true after-image passed through the VAE (what a perfect latent edit would output);
+  for the true after-image passed through the VAE (what a perfect latent edit would output); and for
+  edits naming one of several objects, whether the output edited that object, another one, or none;
 - seconds to load the bundle and edit one image.
 """
 
@@ -113,6 +114,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor(list(afters))))
     by_cat: dict[str, list[dict]] = {}
     targeted: dict[int, list[dict]] = {}  # edits naming an object ("the circle"), by objects in the scene
+    chosen = []  # busy scenes: did the output edit the named object, another one, or none?
     rows_in_order = []
     for p, before, after, out, ceil in zip(pairs, befores, afters, outputs, ceilings):
         row = {
@@ -128,6 +130,9 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
         by_cat.setdefault(p.edit.category, []).append(row)
         if p.edit.target is not None:
             targeted.setdefault(len(p.before.objects), []).append(row)
+            wrong = [fit(world.render(s), size) for s in same_edit_on_other_objects(p.before, p.edit)]
+            if wrong:
+                chosen.append((row["edit_success"], object_chosen(out, before, after, wrong)))
 
     def means(rows: list[dict]) -> dict:
         return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
@@ -147,9 +152,42 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "psnr_kept": overall["psnr_kept"], "psnr_changed": overall["psnr_changed"],
             "vae_ceiling_psnr_kept": overall["vae_ceiling_psnr_kept"],
             "targeted_edits_by_objects_in_scene": by_objects,
+            "targeted_edits_object_chosen": _object_chosen_shares(chosen),
             # one character per held-out pair, in order: paired comparisons of two models (metrics.mcnemar)
             "per_pair_edit_success": "".join(str(int(r["edit_success"])) for r in rows_in_order),
             "vague_drawing_style_shares": shares, **sampler}
+
+
+def same_edit_on_other_objects(scene: world.Scene, edit: world.Edit) -> list[world.Scene]:
+    """The after-scenes of ``edit`` applied to each other object of ``scene`` instead of its target.
+
+    What an edit that picks the wrong object ("remove the square" removing the diamond) would produce;
+    objects the edit does not apply to, or does not visibly change, are left out.
+    """
+    outs = []
+    for shape in sorted({o.shape for o in scene.objects} - {edit.target}):
+        other = world.Edit(edit.type, shape, edit.value)
+        if world.is_applicable(scene, other):
+            after = world.apply_edit(scene, other)
+            if world.changes_image(scene, after):
+                outs.append(after)
+    return outs
+
+
+def object_chosen(output, before, true_after, wrong_afters: list) -> str:
+    """'named', 'other' or 'none': whose true after-image (or the unedited input) is nearest the output."""
+    candidates = {"named": true_after, **{f"other{i}": w for i, w in enumerate(wrong_afters)}}
+    nearest = metrics.nearest_style(output, candidates, input=before)
+    return "other" if nearest.startswith("other") else ("none" if nearest == metrics.NO_STYLE else nearest)
+
+
+def _object_chosen_shares(chosen: list[tuple[bool, str]]) -> dict:
+    """Shares of the named / another / no object, over all such edits and over the failed ones."""
+    def shares(outcomes: list[str]) -> dict:
+        return {k: outcomes.count(k) / len(outcomes) if outcomes else float("nan") for k in ("named", "other", "none")}
+
+    failed = [c for ok, c in chosen if not ok]
+    return {"n": len(chosen), "all": shares([c for _, c in chosen]), "n_failed": len(failed), "failed": shares(failed)}
 
 
 def _vague_style_shares(pipe, n: int, sampler: dict) -> dict[str, float]:
