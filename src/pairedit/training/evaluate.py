@@ -174,11 +174,14 @@ def same_edit_on_other_objects(scene: world.Scene, edit: world.Edit) -> list[wor
     return outs
 
 
-def object_chosen(output, before, true_after, wrong_afters: list) -> str:
+def object_chosen(output: metrics.ImageLike, before: metrics.ImageLike, true_after: metrics.ImageLike,
+                  wrong_afters: list[metrics.ImageLike]) -> str:
     """'named', 'other' or 'none': whose true after-image (or the unedited input) is nearest the output."""
     candidates = {"named": true_after, **{f"other{i}": w for i, w in enumerate(wrong_afters)}}
     nearest = metrics.nearest_style(output, candidates, input=before)
-    return "other" if nearest.startswith("other") else ("none" if nearest == metrics.NO_STYLE else nearest)
+    if nearest == metrics.NO_STYLE:
+        return "none"
+    return "named" if nearest == "named" else "other"
 
 
 def _object_chosen_shares(chosen: list[tuple[bool, str]]) -> dict:
