@@ -174,26 +174,24 @@ def seen_vs_heldout_combos(pipe, n: int) -> dict:
         if seen is None:
             continue
         rows.append((pair, world.Pair(pair.before, world.apply_edit(pair.before, seen), seen, "")))
-    out: dict[str, dict] = {}
-    flags = {"heldout": "", "seen": ""}
+    success: dict[str, list[bool]] = {"heldout": [], "seen": []}  # per pair, in order
     for i, (held, seen) in enumerate(rows):
         before = world.render(held.before)
         for arm, p in (("heldout", held), ("seen", seen)):
             edited = ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=i)[0]
-            ok = metrics.edit_success(before, edited, world.render(p.after))
-            flags[arm] += str(int(ok))
-            cat = out.setdefault(p.edit.category, {"n": 0, "heldout": 0, "seen": 0})
-            cat[arm] += ok
-        out[held.edit.category]["n"] += 1
+            success[arm].append(metrics.edit_success(before, edited, world.render(p.after)))
         if (i + 1) % 20 == 0:
-            print(i + 1, {a: f.count("1") / len(f) for a, f in flags.items()}, flush=True)
-    res = {"n": n, "edit_success": {a: f.count("1") / n for a, f in flags.items()},
-           "mcnemar_heldout_only_seen_only_p": metrics.mcnemar([c == "1" for c in flags["heldout"]],
-                                                               [c == "1" for c in flags["seen"]]),
-           "per_category": {c: {"n": v["n"], "heldout": v["heldout"] / v["n"], "seen": v["seen"] / v["n"]}
-                            for c, v in sorted(out.items())},
+            print(i + 1, {a: sum(v) / len(v) for a, v in success.items()}, flush=True)
+    categories = [held.edit.category for held, _ in rows]
+    per_category = {}
+    for c in sorted(set(categories)):
+        mine = [i for i, ci in enumerate(categories) if ci == c]
+        per_category[c] = {"n": len(mine), **{a: sum(success[a][i] for i in mine) / len(mine) for a in success}}
+    res = {"n": n, "edit_success": {a: sum(v) / n for a, v in success.items()},
+           "mcnemar_heldout_only_seen_only_p": metrics.mcnemar(success["heldout"], success["seen"]),
+           "per_category": per_category,
            "same_target": sum(h.edit.target == s.edit.target for h, s in rows) / n,
-           "per_pair": flags}
+           "per_pair": {a: "".join(str(int(ok)) for ok in v) for a, v in success.items()}}
     print(json.dumps({k: v for k, v in res.items() if k != "per_pair"}), flush=True)
     return res
 
@@ -231,12 +229,13 @@ def binding_confusion(pipe, n: int) -> dict:
                 scene = world.random_scene(rng, "test", n_objects=2, style="photo", shapes=(a, b))
             except world.WorldError:
                 continue
-            if not world.is_applicable(scene, edit) or not world.changes_image(scene, world.apply_edit(scene, edit)):
+            if not world.is_applicable(scene, edit):
                 continue
+            after_scene = world.apply_edit(scene, edit)
             wrong = same_edit_on_other_objects(scene, edit)
-            if not wrong:
+            if not world.changes_image(scene, after_scene) or not wrong:
                 continue
-            before, after = world.render(scene), world.render(world.apply_edit(scene, edit))
+            before, after = world.render(scene), world.render(after_scene)
             out = ip2p_edit(pipe, [before], edit.instruction(wording=0), seed=len(rows))[0]
             rows.append({"named": a, "other": b, "edit": edit.name, "text_cos": text[a, b], "iou": visual[a, b],
                          "chosen": object_chosen(out, before, after, [world.render(w) for w in wrong]),
@@ -248,13 +247,15 @@ def binding_confusion(pipe, n: int) -> dict:
         return {"n": len(sel), "other": sum(r["chosen"] == "other" for r in sel) / max(len(sel), 1),
                 "edit_success": sum(r["edit_success"] for r in sel) / max(len(sel), 1)}
 
-    tc, iou = sorted(r["text_cos"] for r in rows), sorted(r["iou"] for r in rows)
-    t_mid, v_mid = tc[len(tc) // 2], iou[len(iou) // 2]
-    res = {"all": share_other(rows),
-           "by_text_cos": {f"< {t_mid:.3f}": share_other([r for r in rows if r["text_cos"] < t_mid]),
-                           f">= {t_mid:.3f}": share_other([r for r in rows if r["text_cos"] >= t_mid])},
-           "by_iou": {f"< {v_mid:.3f}": share_other([r for r in rows if r["iou"] < v_mid]),
-                      f">= {v_mid:.3f}": share_other([r for r in rows if r["iou"] >= v_mid])},
+    def median(key: str) -> float:
+        return sorted(r[key] for r in rows)[len(rows) // 2]
+
+    def halves(key: str, mid: float) -> dict:
+        return {f"< {mid:.3f}": share_other([r for r in rows if r[key] < mid]),
+                f">= {mid:.3f}": share_other([r for r in rows if r[key] >= mid])}
+
+    t_mid, v_mid = median("text_cos"), median("iou")
+    res = {"all": share_other(rows), "by_text_cos": halves("text_cos", t_mid), "by_iou": halves("iou", v_mid),
            "by_both": {f"text {'hi' if th else 'lo'} / iou {'hi' if vh else 'lo'}": share_other(
                [r for r in rows if (r["text_cos"] >= t_mid) == th and (r["iou"] >= v_mid) == vh])
                for th in (False, True) for vh in (False, True)},
