@@ -155,6 +155,20 @@ def test_a_larger_pair_pool_adds_files_and_keeps_the_pairs_already_drawn(tmp_pat
     assert edits7[3:6] != edits7[:3]  # each file has its own random stream
 
 
+def test_binding_pairs_come_after_the_pool_from_their_own_stream(tmp_path, monkeypatch):
+    from pairedit.training import trainers
+
+    monkeypatch.setattr(trainers, "PAIRS_PER_FILE", 3)
+    vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
+    with torch.no_grad():
+        edits3, lat3 = trainers.training_pairs(tmp_path, 3, 0, vae)
+        edits, lat = trainers.training_pairs(tmp_path, 3, 0, vae, binding=4)
+    assert sorted(p.name for p in (tmp_path / "data").glob("binding*.npz")) == ["binding_pairs.npz", "binding_pairs_1.npz"]
+    assert len(edits) == 7 and lat["before"].shape[0] == 7
+    assert edits[:3] == edits3 and torch.equal(lat["after"][:3], lat3["after"])  # the pool is unchanged
+    assert all(e.category in world.TARGETED_CATEGORIES for e in edits[3:])
+
+
 def test_widen_conv_in_zero_initialises_new_channels(tiny):
     wide = models.widen_conv_in(tiny.sd.unet, 8)
     w = wide.conv_in.weight

@@ -82,3 +82,17 @@ def test_sampled_pairs_change_the_image():
         assert world.changes_image(pair.before, pair.after)
     ink = Scene("plain", (Obj("circle", "blue", "medium", 0.5, 0.5),), style="ink")
     assert not world.changes_image(ink, apply_edit(ink, Edit("recolor_red", target="circle")))
+
+
+def test_binding_pairs_name_one_object_of_a_busy_scene():
+    rng = random.Random(4)
+    pairs = [world.binding_pair(rng, "train") for _ in range(80)]
+    assert all(len(p.before.objects) in (2, 3) and p.edit.target in {o.shape for o in p.before.objects}
+               for p in pairs)
+    assert {p.edit.category for p in pairs} == set(world.TARGETED_CATEGORIES)
+    assert all(not world.is_heldout_combo(p.edit) and p.before.split == "train" for p in pairs)
+    assert all(world.changes_image(p.before, p.after) for p in pairs)
+    held = world.binding_pair(random.Random(4), "test")
+    assert held.before.split == "test" and world.is_heldout_combo(held.edit)
+    with pytest.raises(WorldError, match="1 to 3 objects"):
+        world.scene_for(Edit("remove", target="star"), rng, n_objects=(4,))

@@ -473,6 +473,7 @@ def _build_edit_types() -> dict[str, EditType]:
 
 EDIT_TYPES: dict[str, EditType] = _build_edit_types()
 CATEGORIES = ("recolor", "replace", "add", "remove", "resize", "background", "style")
+TARGETED_CATEGORIES = ("recolor", "replace", "remove", "resize")  # the edits that name an object ("the circle")
 
 
 def apply_edit(scene: Scene, edit: Edit) -> Scene:
@@ -564,10 +565,13 @@ class Pair:
         return render(self.before), render(self.after)
 
 
-def scene_for(edit: Edit, rng: random.Random, split: str = "train") -> Scene:
-    """A random scene of ``split`` to which ``edit`` applies visibly."""
+def scene_for(edit: Edit, rng: random.Random, split: str = "train",
+              n_objects: tuple[int, ...] = (1, 1, 2, 2, 3)) -> Scene:
+    """A random scene of ``split`` to which ``edit`` applies visibly, with a number of objects from ``n_objects``."""
+    if not n_objects or not all(1 <= n <= 3 for n in n_objects):
+        raise WorldError(f"scenes hold 1 to 3 objects, not {n_objects}")
     for _ in range(2000):
-        n = rng.choice((1, 1, 2, 2, 3))
+        n = rng.choice(n_objects)
         others = [s for s in SHAPES if s != edit.target]
         if edit.type.startswith("replace_"):
             others = [s for s in others if s != edit.type.removeprefix("replace_")]
@@ -607,6 +611,17 @@ def make_pair(edit: Edit, rng: random.Random, split: str = "train", scene: Scene
 def random_pair(rng: random.Random, split: str = "train") -> Pair:
     """A training (or held-out) example: edit type uniform, then an applicable scene of the split."""
     return make_pair(random_edit(rng, split), rng, split)
+
+
+def binding_pair(rng: random.Random, split: str = "train") -> Pair:
+    """An edit that names one object of a scene holding two or three ("make the circle red" beside a square).
+
+    The model has to find the named object among others (bind the word to it): the edits that fail most
+    often (docs/models.md). Category drawn uniformly among the object-naming ones, as ``random_edit`` does.
+    """
+    category = rng.choice(TARGETED_CATEGORIES)
+    edit = random_edit(rng, split, types=tuple(t for t, s in EDIT_TYPES.items() if s.category == category))
+    return make_pair(edit, rng, split, scene_for(edit, rng, split, n_objects=(2, 3)))
 
 
 def direction_pairs(edit: Edit, n: int, seed: int, split: str = "test") -> list[Pair]:

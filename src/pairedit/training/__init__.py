@@ -60,6 +60,9 @@ def add_cli(sub) -> None:
     p.add_argument("--n-pairs", type=int, default=None,
                    help="ip2p: training pairs drawn from the world (default 60,000; more are drawn and encoded on first "
                         "use, in files of 60,000, and the pairs already drawn stay the same)")
+    p.add_argument("--binding-pairs", type=int, default=None,
+                   help="ip2p: extra training pairs that name one object of a scene with two or three (\"make the "
+                        "circle red\" beside a square), drawn uniformly with the others (default 0, the paper's mix)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
@@ -101,7 +104,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
-    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs"):
+    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

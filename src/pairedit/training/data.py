@@ -39,12 +39,13 @@ def scenes_dataset(path: Path, n: int, seed: int) -> dict:
     return {"pixels": pixels, "captions": captions}
 
 
-def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True) -> dict:
+def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True, binding: bool = False) -> dict:
     """``n`` training edit pairs: before/after pixels, after captions and the edits (to word at batch time).
 
     ``part`` numbers the files of a larger pool (each drawn from its own random stream), so adding files
     never changes the pairs already drawn. ``pixels=False`` skips reading the 1.5 GB of before/after pixels
-    from an existing file (a trainer whose latents are cached needs only the edits).
+    from an existing file (a trainer whose latents are cached needs only the edits). ``binding`` draws only
+    edits that name one object of a busy scene (``world.binding_pair``), from a stream of their own.
     """
     path = Path(path)
     if path.exists():
@@ -52,13 +53,15 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
         edits = [world.Edit(*e) for e in json.loads(str(data["edits"]))]
         out = {"edits": edits, "after_captions": json.loads(str(data["after_captions"]))}
         return {"before": data["before"], "after": data["after"], **out} if pixels else out
-    rng = random.Random(f"pairs:{seed}" if part == 0 else f"pairs:{seed}:part{part}")
+    stream = "binding" if binding else "pairs"
+    rng = random.Random(f"{stream}:{seed}" if part == 0 else f"{stream}:{seed}:part{part}")
+    draw = world.binding_pair if binding else world.random_pair
     size = world.IMAGE_SIZE
     before = np.zeros((n, size, size, 3), np.uint8)
     after = np.zeros((n, size, size, 3), np.uint8)
     edits, captions = [], []
     for i in tqdm(range(n), desc="rendering pairs", mininterval=5):
-        pair = world.random_pair(rng, "train")
+        pair = draw(rng, "train")
         b, a = pair.images()
         before[i], after[i] = np.asarray(b), np.asarray(a)
         edits.append(pair.edit)

@@ -227,18 +227,23 @@ def training_scenes(run: Path, n: int, seed: int, vae=None) -> dict:
     return data
 
 
-def training_pairs(run: Path, n: int, seed: int, vae) -> tuple[list[world.Edit], dict[str, torch.Tensor]]:
-    """The first ``n`` training pairs: their edits and VAE latents (before, after), from files of
-    ``PAIRS_PER_FILE`` pairs. A larger ``n`` adds files and keeps the earlier pairs as they were."""
+def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0
+                   ) -> tuple[list[world.Edit], dict[str, torch.Tensor]]:
+    """The first ``n`` training pairs, then ``binding`` pairs that name one object of a busy scene: their
+    edits and VAE latents (before, after), from files of ``PAIRS_PER_FILE`` pairs. A larger ``n`` (or
+    ``binding``) adds files and keeps the earlier pairs as they were."""
     edits, latents = [], []
     with main_process_first():
-        for part, start in enumerate(range(0, n, PAIRS_PER_FILE)):
-            suffix = f"_{part}" if part else ""
-            args = (Path(run) / "data" / f"pairs{suffix}.npz", min(PAIRS_PER_FILE, n - start), seed, part)
-            edits += pairs_dataset(*args, pixels=False)["edits"]
-            latents.append(_cached_latents(run, f"pair_latents{suffix}", vae,
-                                           lambda args=args: {k: v for k, v in pairs_dataset(*args).items()
-                                                              if k in ("before", "after")}))
+        for prefix, count in (("pair", n), ("binding_pair", binding)):
+            for part, start in enumerate(range(0, count, PAIRS_PER_FILE)):
+                suffix = f"_{part}" if part else ""
+                args = (Path(run) / "data" / f"{prefix}s{suffix}.npz", min(PAIRS_PER_FILE, count - start), seed, part)
+                kind = {"binding": prefix == "binding_pair"}
+                edits += pairs_dataset(*args, pixels=False, **kind)["edits"]
+                latents.append(_cached_latents(run, f"{prefix}_latents{suffix}", vae,
+                                               lambda args=args, kind=kind: {
+                                                   k: v for k, v in pairs_dataset(*args, **kind).items()
+                                                   if k in ("before", "after")}))
     return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
 
 
@@ -362,6 +367,9 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
 class IP2PTrainConfig(LoopConfig):
     base: str = ""  # checkpoint to start from (SD folder, hub id, or an InstructPix2Pix folder to continue); '' = the run's
     n_pairs: int = 60_000
+    # Extra pairs that name one object of a scene with two or three (world.binding_pair), drawn uniformly
+    # with the others; 0 = the paper's recipe (pairs drawn as the data generator draws them).
+    binding_pairs: int = 0
     # InstructPix2Pix §3.2.1: "randomly set c_I = ∅_I for 5% of examples, c_T = ∅_T for 5% of
     # examples, and both for 5% of examples".
     drop_image: float = 0.05
@@ -382,7 +390,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae)
+    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     embed = FrozenTextEmbeddings(text_encoder, tokenizer)
