@@ -68,6 +68,24 @@ def test_nan_loss_stops_with_a_message(tmp_path):
         common.train_loop(cfg, model, loss_fn, "linear")
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, capsys):
+    assert common.cpu_has_native_bf16("flags : fpu avx2 avx512f avx512_bf16 amx_tile")
+    assert not common.cpu_has_native_bf16("flags : fpu sse2 fma avx avx2")
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    cfg = common.LoopConfig(out=str(tmp_path / "a"), steps=1, batch_size=8, lr=1e-2, warmup=1, mixed_precision="bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)  # Accelerate keeps one precision per process
+    try:
+        _train_linear(cfg, init_seed=0)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert "no native bf16" in capsys.readouterr().out
+    cfg = common.LoopConfig(out=str(tmp_path / "b"), steps=1, batch_size=8, lr=1e-2, warmup=1)
+    _train_linear(cfg, init_seed=0)
+    assert "no native bf16" not in capsys.readouterr().out
+
+
 def test_resume_uses_this_runs_peak_lr(tmp_path):
     cfg = common.LoopConfig(out=str(tmp_path / "a"), steps=4, batch_size=8, lr=1e-2, warmup=1, ckpt_every=4)
     _train_linear(cfg, init_seed=0)

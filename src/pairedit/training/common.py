@@ -44,10 +44,24 @@ class LoopConfig:
     ckpt_every: int = 250
     log_every: int = 25
     threads: int | None = None
-    # 'bf16' autocasts forward passes (Accelerate); on this AVX512-BF16 CPU the ip2p UNet's forward+backward
-    # of batch 32 at 1 thread takes 0.78 s in bf16 (with models.training_attention) vs 1.25 s in fp32.
+    # 'bf16' autocasts forward passes (Accelerate); on an AVX512-BF16 CPU the ip2p UNet's forward+backward
+    # of batch 32 at 1 thread took 0.78 s in bf16 (with models.training_attention) vs 1.25 s in fp32 (session 7);
+    # on an AVX2-only CPU bf16 is emulated: 57 s vs 4.4 s per step of 64 (session 10; see cpu_has_native_bf16).
     # Weights, optimiser state and checkpoints stay fp32.
     mixed_precision: str = "no"
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16, AMX, Arm BF16); elsewhere PyTorch emulates it.
+
+    Unknown (no /proc/cpuinfo) counts as yes: the warning it feeds is for the case that is known to be slow.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    return bool(set(cpuinfo.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
@@ -150,6 +164,10 @@ def train_loop(cfg: LoopConfig, model: torch.nn.Module, loss_fn: Callable[[int, 
     # cpu=True on a machine without CUDA: under `accelerate launch --multi_gpu` the processes then join a gloo group.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     model.to(accelerator.device)  # the same device as training_device()
+    if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
+        accelerator.print(f"[{name}] warning: this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 autocast is "
+                          "emulated: 13x slower than fp32 for the InstructPix2Pix UNet on an AVX2 CPU. "
+                          "Use --mixed-precision no here.")
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     params = [p for p in model.parameters() if p.requires_grad]
