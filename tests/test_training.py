@@ -144,6 +144,8 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     train_ip2p(again, IP2PTrainConfig(out=str(again / "ip2p"), batch_size=2, lr=1e-3, n_pairs=8,
                                       base=str(bundle / "ip2p"), **few))
     assert (again / "ip2p" / "final" / "config.json").exists()
+    # its length adds to the bundle's: 2 steps there, 2 here
+    assert json.loads((again / "ip2p" / "final" / "trained.json").read_text())["step"] == 4
     # A deepened copy (two layers per UNet block, same function) trains on in its own run.
     deep = deepen_ip2p(run, run / "deep")
     assert models.load_ip2p(str(deep)).unet.config.layers_per_block == 2
@@ -155,6 +157,7 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     (again / "ip2p" / "final" / "config.json").unlink()  # the snapshot must not need the old final folder
     snapshot_unet(again, "ip2p")
     snap = UNet2DConditionModel.from_pretrained(again / "ip2p" / "final")
+    assert json.loads((again / "ip2p" / "final" / "trained.json").read_text())["steps_this_run"] == 2
     for a, b in zip(final.state_dict().values(), snap.state_dict().values()):
         assert torch.equal(a, b)
 

@@ -341,6 +341,7 @@ def train_t2i(run: Path, cfg: T2ITrainConfig) -> None:
 
     t0 = time.time()
     tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
+    _record_base(run, "t2i", cfg.base)
     data = training_scenes(run, cfg.n_scenes, cfg.seed, vae)
     latents, captions, sf = data["latents"], data["captions"], vae.config.scaling_factor
     torch.manual_seed(cfg.seed)
@@ -387,6 +388,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
 
     t0 = time.time()
     tokenizer, text_encoder, vae, unet = _frozen_parts(run, cfg.base)
+    _record_base(run, "ip2p", cfg.base)
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
@@ -416,11 +418,23 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     _record(run, "ip2p", cfg, time.time() - t0)
 
 
+def _record_base(run: Path, stage: str, base: str) -> None:
+    """Remember the checkpoint a stage started from and how long it had trained, for ``trained.json``."""
+    if base:
+        write_json(Path(run) / stage / "base.json", {"base": base, "base_steps": models.trained_steps(base, "sd") or 0})
+
+
 def _save_final(unet, run: Path, stage: str, step: int) -> Path:
-    """``<stage>/final`` with ``trained.json`` saying after how many optimisation steps (read by ``export``)."""
+    """``<stage>/final`` with ``trained.json`` saying after how many optimisation steps (read by ``export``):
+    this run's plus, for a run started from a ``--base`` that records its own, the base's."""
     final = Path(run) / stage / "final"
     unet.save_pretrained(final)
-    write_json(final / "trained.json", {"step": step})
+    base_json = Path(run) / stage / "base.json"
+    trained = {"step": step}
+    if base_json.exists():
+        base = json.loads(base_json.read_text())
+        trained = {"step": base["base_steps"] + step, "steps_this_run": step, "base": base["base"]}
+    write_json(final / "trained.json", trained)
     return final
 
 
