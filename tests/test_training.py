@@ -21,6 +21,7 @@ from pairedit.training.trainers import (
     VaeTrainConfig,
     deepen_ip2p,
     export_bundle,
+    export_unet,
     snapshot_unet,
     train_clip,
     train_ip2p,
@@ -158,6 +159,13 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     snapshot_unet(again, "ip2p")
     snap = UNet2DConditionModel.from_pretrained(again / "ip2p" / "final")
     assert json.loads((again / "ip2p" / "final" / "trained.json").read_text())["steps_this_run"] == 2
+    # ... and goes back into the bundle as its UNet alone
+    export_unet(again, "ip2p", bundle)
+    assert models.trained_steps(str(bundle / "ip2p"), "ip2p") == 4
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(bundle / "ip2p" / "unet" / "diffusion_pytorch_model.safetensors").values()} == {
+        torch.float16}
     for a, b in zip(final.state_dict().values(), snap.state_dict().values()):
         assert torch.equal(a, b)
 

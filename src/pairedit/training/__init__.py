@@ -14,6 +14,7 @@ from .trainers import (
     VaeTrainConfig,
     deepen_ip2p,
     export_bundle,
+    export_unet,
     snapshot_unet,
     train_clip,
     train_ip2p,
@@ -44,7 +45,8 @@ def add_cli(sub) -> None:
                         "training goes on (see --of), 'export' writes the bundle, 'deepen' writes DEST/ip2p: the run's "
                         "InstructPix2Pix with two layers per UNet block, the same function to start from (train it "
                         "with `ip2p --run NEWRUN --base DEST/ip2p`), 'eval' measures a bundle's quality gates")
-    p.add_argument("--of", default="ip2p", choices=("t2i", "ip2p"), help="snapshot only: which stage (default: ip2p)")
+    p.add_argument("--of", default="ip2p", choices=("t2i", "ip2p"),
+                   help="snapshot and export --unet-only: which stage (default: ip2p)")
     p.add_argument("--run", default="runs/default", help="run folder for data, checkpoints and logs (default: runs/default)")
     p.add_argument("--steps", type=int, help="optimisation steps (default: per stage, see pairedit.training.STAGES)")
     p.add_argument("--batch-size", type=int, help="batch size per process")
@@ -69,6 +71,9 @@ def add_cli(sub) -> None:
                                                "it); its tokenizer, text encoder and VAE are used. Default: the run's own")
     p.add_argument("--dest", default=None, help="export/deepen: destination folder (export's default: the package's "
                                                 "bundled/; deepen needs one)")
+    p.add_argument("--unet-only", action="store_true",
+                   help="export only: put just the --of stage's UNet into the bundle (for a run that continued a "
+                        "bundled model with --base; the bundle's other parts stay)")
     p.add_argument("--models", default="bundled", help="eval only: 'bundled' or a folder with clip/, sd/, ip2p/")
     p.add_argument("--only", default="clip,vae,t2i,ip2p,timing", help="eval only: comma-separated gates to run")
     p.add_argument("--out", default="docs/models_eval", help="eval only: folder for results.json and sample grids")
@@ -100,7 +105,11 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"wrote {deepen_ip2p(run, Path(args.dest))}")
         return 0
     if args.stage == "export":
-        export_bundle(run, **({"dest": Path(args.dest)} if args.dest else {}))
+        dest = {"dest": Path(args.dest)} if args.dest else {}
+        if args.unet_only:
+            print(f"wrote {export_unet(run, args.of, **dest) / 'unet'}")
+        else:
+            export_bundle(run, **dest)
         return 0
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)

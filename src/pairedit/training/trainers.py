@@ -474,6 +474,24 @@ def deepen_ip2p(run: Path, dest: Path) -> Path:
     return folder
 
 
+def export_unet(run: Path, stage: str = "ip2p", dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16
+                ) -> Path:
+    """Replace only the UNet (and its ``trained.json``) of an existing bundle folder with the run's.
+
+    For a run that continued a bundled model (``--base src/pairedit/bundled/ip2p``): it has no tokenizer,
+    CLIP or VAE of its own, and the bundle's stay as they are.
+    """
+    from diffusers import UNet2DConditionModel
+
+    folder = Path(dest) / {"t2i": "sd", "ip2p": "ip2p"}[stage]
+    if not (folder / "model_index.json").exists():
+        raise models.ModelNotAvailable(f"{folder} is not a pipeline folder to put the UNet in")
+    final = _final(run, stage)
+    UNet2DConditionModel.from_pretrained(final).to(dtype).save_pretrained(folder / "unet")
+    write_json(folder / "trained.json", json.loads((final / "trained.json").read_text()))
+    return folder
+
+
 def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16,
                   stages: tuple[str, ...] = ("clip", "sd", "ip2p")) -> None:
     """Assemble the trained parts into the three stock folders the loader resolves as 'bundled'."""
