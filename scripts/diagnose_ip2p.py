@@ -272,7 +272,7 @@ def binding_confusion(pipe, n: int) -> dict:
 @torch.no_grad()
 def binding(pipe, n: int) -> dict:
     """Edit success and named / other / none on N held-out edits naming one object of a busy scene."""
-    from pairedit.training.evaluate import object_chosen, same_edit_on_other_objects
+    from pairedit.training.evaluate import which_object
 
     rng = random.Random("binding-eval")
     rows = []
@@ -280,10 +280,9 @@ def binding(pipe, n: int) -> dict:
         pair = world.binding_pair(rng, "test")
         before, after = pair.images()
         out = ip2p_edit(pipe, [before], pair.edit.instruction(wording=0), seed=i)[0]
-        wrong = same_edit_on_other_objects(pair.before, pair.edit)
         rows.append({"edit": pair.edit.name, "category": pair.edit.category, "objects": len(pair.before.objects),
                      "edit_success": metrics.edit_success(before, out, after),
-                     "chosen": object_chosen(out, before, after, [world.render(w) for w in wrong]) if wrong else None})
+                     "chosen": which_object(out, before, after, pair.before, pair.edit)})
         if (i + 1) % 50 == 0:
             print(f"{i + 1}/{n}: edit success {sum(r['edit_success'] for r in rows) / len(rows):.3f}", flush=True)
 

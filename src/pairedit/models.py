@@ -27,6 +27,7 @@ from .errors import UserError
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED = {"ip2p": BUNDLED_DIR / "ip2p", "sd": BUNDLED_DIR / "sd", "clip": BUNDLED_DIR / "clip"}
+UNET_FOLDER = {"t2i": "sd", "ip2p": "ip2p"}  # training stage → the pipeline folder holding its UNet
 MAX_TOKENS = 48  # the world's longest caption is ~30 tokens; real CLIP checkpoints use 77
 
 

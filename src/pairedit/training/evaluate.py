@@ -130,9 +130,9 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
         by_cat.setdefault(p.edit.category, []).append(row)
         if p.edit.target is not None:
             targeted.setdefault(len(p.before.objects), []).append(row)
-            wrong = [fit(world.render(s), size) for s in same_edit_on_other_objects(p.before, p.edit)]
-            if wrong:
-                chosen.append((row["edit_success"], object_chosen(out, before, after, wrong)))
+            which = which_object(out, before, after, p.before, p.edit, size)
+            if which is not None:
+                chosen.append((row["edit_success"], which))
 
     def means(rows: list[dict]) -> dict:
         return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
@@ -182,6 +182,13 @@ def object_chosen(output: metrics.ImageLike, before: metrics.ImageLike, true_aft
     if nearest == metrics.NO_STYLE:
         return "none"
     return "named" if nearest == "named" else "other"
+
+
+def which_object(output: metrics.ImageLike, before: metrics.ImageLike, true_after: metrics.ImageLike,
+                 scene: world.Scene, edit: world.Edit, size: int = world.IMAGE_SIZE) -> str | None:
+    """``object_chosen`` for an edit of ``scene``, or None when no other object could have been edited the same way."""
+    wrong = [fit(world.render(s), size) for s in same_edit_on_other_objects(scene, edit)]
+    return object_chosen(output, before, true_after, wrong) if wrong else None
 
 
 def _object_chosen_shares(chosen: list[tuple[bool, str]]) -> dict:
@@ -237,7 +244,7 @@ def evaluate_all(name: str, out: Path, which: tuple[str, ...] = ("clip", "vae", 
         results["ip2p"] = eval_ip2p(models.load_ip2p(str(root / "ip2p")), grid_path=out / "ip2p_samples.png")
     if "timing" in which:
         results["timing"] = time_load_and_edit(str(root / "ip2p"))
-    for gate, folder in (("t2i", "sd"), ("ip2p", "ip2p")):
+    for gate, folder in models.UNET_FOLDER.items():
         if gate in results:
             results[gate]["unet_trained_steps"] = models.trained_steps(str(root / folder), folder)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}

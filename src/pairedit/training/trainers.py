@@ -234,15 +234,14 @@ def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0
     ``binding``) adds files and keeps the earlier pairs as they were."""
     edits, latents = [], []
     with main_process_first():
-        for prefix, count in (("pair", n), ("binding_pair", binding)):
+        for prefix, count, binding_only in (("pair", n, False), ("binding_pair", binding, True)):
             for part, start in enumerate(range(0, count, PAIRS_PER_FILE)):
                 suffix = f"_{part}" if part else ""
                 args = (Path(run) / "data" / f"{prefix}s{suffix}.npz", min(PAIRS_PER_FILE, count - start), seed, part)
-                kind = {"binding": prefix == "binding_pair"}
-                edits += pairs_dataset(*args, pixels=False, **kind)["edits"]
+                edits += pairs_dataset(*args, pixels=False, binding=binding_only)["edits"]
                 latents.append(_cached_latents(run, f"{prefix}_latents{suffix}", vae,
-                                               lambda args=args, kind=kind: {
-                                                   k: v for k, v in pairs_dataset(*args, **kind).items()
+                                               lambda args=args, b=binding_only: {
+                                                   k: v for k, v in pairs_dataset(*args, binding=b).items()
                                                    if k in ("before", "after")}))
     return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
 
@@ -483,7 +482,7 @@ def export_unet(run: Path, stage: str = "ip2p", dest: Path = models.BUNDLED_DIR,
     """
     from diffusers import UNet2DConditionModel
 
-    folder = Path(dest) / {"t2i": "sd", "ip2p": "ip2p"}[stage]
+    folder = Path(dest) / models.UNET_FOLDER[stage]
     if not (folder / "model_index.json").exists():
         raise models.ModelNotAvailable(f"{folder} is not a pipeline folder to put the UNet in")
     final = _final(run, stage)
@@ -524,7 +523,7 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
         scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
         pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common)
         pipe.save_pretrained(dest / "ip2p")
-    for stage, folder in (("t2i", "sd"), ("ip2p", "ip2p")):  # how long each UNet trained, for reports
+    for stage, folder in models.UNET_FOLDER.items():  # how long each UNet trained, for reports
         trained = Path(run) / stage / "final" / "trained.json"
         if folder in stages and trained.exists():
             write_json(dest / folder / "trained.json", json.loads(trained.read_text()))
