@@ -7,6 +7,7 @@
     python scripts/diagnose_ip2p.py combos --n 200         # object edits: held-out vs trained (edit, shape)
     python scripts/diagnose_ip2p.py confusion --n 3        # which shape pairs the named object is mistaken in
     python scripts/diagnose_ip2p.py binding --n 600        # edits naming one object of a busy scene: the right one?
+    python scripts/diagnose_ip2p.py gate --unet RUN/ip2p/final --against OLD.json   # the #2 gate, paired vs OLD
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
   ``train eval`` for a few samplers settings; the gate itself is measured at 20 steps, s_T 7.5, s_I 1.5.
@@ -30,6 +31,11 @@
   held-out scenes and (edit, shape) combinations, the gate's sampler and first wording), scored like the gate
   (edit success) and by which object was edited; ≥ 500 of them tell binding levers apart to ±2 points, which
   the gate's 93 such edits cannot. Each pair's outcome is kept for paired comparisons (``metrics.mcnemar``).
+- ``gate``: the InstructPix2Pix gate of ``pairedit train eval`` (``evaluate.eval_ip2p``: 280 held-out pairs and
+  the vague drawing instruction) on the pipeline with ``--unet`` swapped in, before it is exported.
+
+``--against OLD.json`` (``binding`` and ``gate``): the paired McNemar test of this run's per-pair edit success
+against an earlier ``--json`` of the same measurement (same pairs and seeds, another UNet).
 """
 
 from __future__ import annotations
@@ -301,15 +307,27 @@ def binding(pipe, n: int) -> dict:
     return res
 
 
+def paired_against(res: dict, path: str) -> dict:
+    """McNemar of this measurement's per-pair edit success vs an earlier ``--json`` of it (same pairs, seeds)."""
+    old = json.loads(Path(path).read_text())
+    old = old.get("results", old.get("ip2p"))  # this script's --json, or a `train eval` results.json entry
+    a = [c == "1" for c in old["per_pair_edit_success"]]
+    b = [c == "1" for c in res["per_pair_edit_success"]]
+    only_old, only_new, p = metrics.mcnemar(a, b)
+    return {"against": path, "old_edit_success": sum(a) / len(a), "new_edit_success": sum(b) / len(b),
+            "only_old": only_old, "only_new": only_new, "p": p}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding"))
+    ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "gate"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final)")
     ap.add_argument("--n", type=int, default=48, help="held-out pairs (the first N of `train eval`'s 280)")
     ap.add_argument("--run", default="/work/runs/default", help="split only: the run folder the UNet trained in")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--against", help="binding/gate: an earlier --json of the same measurement, for McNemar")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load(args.ip2p, args.unet)
@@ -323,8 +341,13 @@ def main() -> None:
         res = binding_confusion(pipe, args.n)
     elif args.what == "binding":
         res = binding(pipe, args.n)
+    elif args.what == "gate":
+        res = eval_ip2p(pipe)
     else:
         res = loss_by_split(pipe, args.n, args.run)
+    if args.against:
+        res["against"] = paired_against(res, args.against)
+        print(json.dumps(res["against"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"what": args.what, "n": args.n, "unet": args.unet or args.ip2p, "results": res}, f, indent=1)
