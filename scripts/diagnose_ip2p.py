@@ -35,7 +35,8 @@
   the vague drawing instruction) on the pipeline with ``--unet`` swapped in, before it is exported.
 
 ``--against OLD.json`` (``binding`` and ``gate``): the paired McNemar test of this run's per-pair edit success
-against an earlier ``--json`` of the same measurement (same pairs and seeds, another UNet).
+against an earlier ``--json`` of the same measurement (same pairs and seeds, another UNet); ``OLD.json:KEY``
+takes one entry of a file that keeps several, e.g. ``docs/models_eval/binding_mix_session12.json:gate_56018``.
 """
 
 from __future__ import annotations
@@ -308,9 +309,14 @@ def binding(pipe, n: int) -> dict:
 
 
 def paired_against(res: dict, path: str) -> dict:
-    """McNemar of this measurement's per-pair edit success vs an earlier ``--json`` of it (same pairs, seeds)."""
-    old = json.loads(Path(path).read_text())
-    old = old.get("results", old.get("ip2p"))  # this script's --json, or a `train eval` results.json entry
+    """McNemar of this measurement's per-pair edit success vs an earlier ``--json`` of it (same pairs, seeds).
+
+    ``path`` may end in ``:KEY`` to take one entry of a file that keeps several (models_eval/binding_mix_*.json).
+    """
+    file, _, key = path.partition(":")
+    old = json.loads(Path(file).read_text())
+    old = old[key] if key else old
+    old = old.get("results", old.get("ip2p", old))  # this script's --json, a `train eval` entry, or a bare entry
     a = [c == "1" for c in old["per_pair_edit_success"]]
     b = [c == "1" for c in res["per_pair_edit_success"]]
     only_old, only_new, p = metrics.mcnemar(a, b)
@@ -327,7 +333,8 @@ def main() -> None:
     ap.add_argument("--run", default="/work/runs/default", help="split only: the run folder the UNet trained in")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--against", help="binding/gate: an earlier --json of the same measurement, for McNemar")
+    ap.add_argument("--against", help="binding/gate: an earlier --json of the same measurement, for McNemar "
+                    "(FILE or FILE:KEY for one entry of a file that keeps several)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load(args.ip2p, args.unet)

@@ -127,10 +127,11 @@ def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):
     """--against: McNemar on per-pair edit success, reading this script's --json or a `train eval` entry."""
     diag = load_script("diagnose_ip2p")
     new = {"per_pair_edit_success": "1101111"}
-    for old in ({"results": {"per_pair_edit_success": "1010000"}}, {"ip2p": {"per_pair_edit_success": "1010000"}}):
+    entry = {"per_pair_edit_success": "1010000"}
+    for old, key in (({"results": entry}, ""), ({"ip2p": entry}, ""), ({"gate_56018": entry, "other": {}}, ":gate_56018")):
         path = tmp_path / "old.json"
         path.write_text(json.dumps(old))
-        res = diag.paired_against(new, str(path))
+        res = diag.paired_against(new, str(path) + key)
         assert (res["only_old"], res["only_new"]) == (1, 5)
         assert res["p"] == pytest.approx(2 * (1 + 6) / 2**6)  # exact two-sided: 2·P(X ≤ 1), X ~ Bin(6, 1/2)
         assert res["old_edit_success"] == pytest.approx(2 / 7) and res["new_edit_success"] == pytest.approx(6 / 7)
