@@ -313,7 +313,9 @@ def paired_against(res: dict, path: str) -> dict:
 
     ``path`` may end in ``:KEY`` to take one entry of a file that keeps several (models_eval/binding_mix_*.json).
     """
-    file, _, key = path.partition(":")
+    file, _, key = path.rpartition(":")
+    if not key or not Path(file).is_file():  # no key, or a colon that belongs to the path itself
+        file, key = path, ""
     old = json.loads(Path(file).read_text())
     old = old[key] if key else old
     old = old.get("results", old.get("ip2p", old))  # this script's --json, a `train eval` entry, or a bare entry
