@@ -55,8 +55,9 @@ def add_cli(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
                    help="autocast forward passes (Accelerate); weights and checkpoints stay fp32. bf16 runs on CPUs "
-                        "with AVX512-BF16/AMX and on GPUs (time a few steps: on one AVX512-BF16 CPU without AMX "
-                        "it was slower than fp32), fp16 on GPUs only (default: no)")
+                        "with AVX512-BF16/AMX and on GPUs (time a few steps first: among AVX512-BF16 CPUs without AMX it "
+                        "was twice as fast as fp32 on an AMD EPYC and slower on an Intel Xeon), fp16 on GPUs only "
+                        "(default: no)")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="t2i/ip2p: weight the denoising loss by min(SNR, γ)/SNR (Min-SNR-γ, Hang et al. 2023; they use 5). "
                         "Default: unweighted, as in the papers")

@@ -47,7 +47,9 @@ class LoopConfig:
     # 'bf16' autocasts forward passes (Accelerate); on an AVX512-BF16 CPU the ip2p UNet's forward+backward
     # of batch 32 at 1 thread took 0.78 s in bf16 (with models.training_attention) vs 1.25 s in fp32 (session 7);
     # on an AVX2-only CPU bf16 is emulated: 57 s vs 4.4 s per step of 64 (session 10; see cpu_has_native_bf16);
-    # on an AVX512-BF16 Xeon without AMX it was slower too: 1.50 vs 1.06 s per data-parallel step of 64 (session 12).
+    # on an AVX512-BF16 Xeon without AMX it was slower too: 1.50 vs 1.06 s per data-parallel step of 64 (session 12);
+    # on an AVX512-BF16 AMD EPYC it was faster: 0.43 vs 0.78-1.2 s for batch 32 at 1 thread, 0.53 s per
+    # data-parallel step of 64 (session 13).
     # Weights, optimiser state and checkpoints stay fp32.
     mixed_precision: str = "no"
 
