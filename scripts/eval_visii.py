@@ -485,11 +485,24 @@ def section_noise(records: list[dict]) -> list[str]:
     lines += table(["method", "noise", "n", "edit success", "PSNR", img, vis], body)
     f = mean(rows(records, section="edit", loss_on=DEFAULT_LOSS, variant="fixed"), "clip_image_similarity")
     rnd = mean(rows(records, section="edit", loss_on=DEFAULT_LOSS, variant="random"), "clip_image_similarity")
-    if f is not None and rnd is not None:
-        held = "holds" if f > rnd else "does not hold"
+    diffs = paired_differences(records, "clip_image_similarity")
+    if f is not None and rnd is not None and len(diffs) > 1:
+        d, se = float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+        held = ("holds" if d > 2 * se else "does not hold" if d < -2 * se
+                else "cannot be told from noise")
         lines += ["", f"The paper's finding that fixed noise keeps more of the input {held} here "
-                  f"(`{DEFAULT_LOSS}`: {img} {f:.3f} fixed vs {rnd:.3f} random)."]
+                  f"(`{DEFAULT_LOSS}`: {img} {f:.3f} fixed vs {rnd:.3f} random; paired over {len(diffs)} test "
+                  f"images, fixed − random = {d:+.3f} ± {se:.3f} s.e.)."]
     return lines
+
+
+def paired_differences(records: list[dict], key: str) -> list[float]:
+    """Fixed − random score of each (direction, test image) for the default loss: the same image both ways."""
+    by = {}
+    for r in rows(records, section="edit", loss_on=DEFAULT_LOSS):
+        by.setdefault((r["direction"], r["test"]), {})[r["variant"]] = r["scores"].get(key)
+    return [float(v["fixed"]) - float(v["random"]) for v in by.values()
+            if v.get("fixed") is not None and v.get("random") is not None]
 
 
 def grid_plan(records: list[dict]) -> list[tuple]:

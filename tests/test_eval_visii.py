@@ -116,3 +116,14 @@ def test_bad_category_fails_before_loading_models(eval_visii, tmp_path, capsys):
                             "--out", str(tmp_path)]) == 2
     assert "unknown categories ['colour']" in capsys.readouterr().err
     assert not (tmp_path / "visii.md").exists()
+
+
+def test_fixed_vs_random_pairs_each_test_image_with_itself(eval_visii):
+    def record(direction, fixed, rnd):
+        return {"section": "edit", "loss_on": eval_visii.DEFAULT_LOSS, "direction": direction,
+                "images": [{"test": t, "variant": v, "scores": {"clip_image_similarity": s}}
+                           for t, (a, b) in enumerate(zip(fixed, rnd)) for v, s in (("fixed", a), ("random", b))]}
+
+    records = [record("d0", [0.5, 0.6], [0.4, 0.6]), record("d1", [0.2], [0.3]),
+               {**record("d2", [0.9], [0.0]), "loss_on": "other"}]  # another loss is not paired in
+    assert sorted(eval_visii.paired_differences(records, "clip_image_similarity")) == pytest.approx([-0.1, 0.0, 0.1])
