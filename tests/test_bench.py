@@ -128,7 +128,7 @@ def test_report_has_every_row_and_finding(first_run):
     table = text.split("## Table 1 — CLIP similarities")[1].split("##")[0]
     assert len(re.findall(r"^\| (?:\d)? \|", table, flags=re.M)) == 11  # 4 baselines + 7 VISII rows
     for claim in ("CLIP loss raises", "Caption init beats", "Fixed noise raises", "More pairs raise"):
-        assert re.search(claim + r".*\*\*(held|not held)\*\*", text)
+        assert re.search(claim + r".*\*\*(held|not held|not measurable)\*\*", text)
     assert "FID" not in text
     for label in ("CLIP image sim.", "CLIP directional sim.", "Visual CLIP sim.", "PSNR (dB)", "SSIM", "Edit success",
                   "Style accuracy"):
@@ -226,3 +226,17 @@ def test_result_keys_follow_the_method_defaults():
     assert METHODS["visii-mseclip-cap-1p-fixed"].defaults() == asdict(VisiiConfig())
     assert METHODS["pti"].defaults() == asdict(PTIConfig())
     assert METHODS["ip2p"].defaults() == {}
+
+
+def test_a_finding_within_two_standard_errors_is_not_measurable():
+    from pairedit.bench import report
+
+    def records(gains):
+        return [r for t, g in enumerate(gains) for r in (
+            {"method": "ip2p-caption", "direction": "d", "test": t, "scores": {"psnr": 20.0}},
+            {"method": "ip2p", "direction": "d", "test": t, "scores": {"psnr": 20.0 + g}})]
+
+    finding = report.Finding("ip2p beats ip2p-caption", "test", (("ip2p-caption", "ip2p"),), ("psnr",))
+    assert report.check_finding(finding, records([1.0, 1.1, 0.9, 1.0]))["verdict"] == "held"
+    assert report.check_finding(finding, records([-1.0, -1.1, -0.9, -1.0]))["verdict"] == "not held"
+    assert report.check_finding(finding, records([1.0, -0.9, 0.2, -0.1]))["verdict"] == "not measurable"

@@ -3,7 +3,8 @@
 - Table 1 as in VISII (CLIP image / directional / visual similarity under random and fixed noise),
   then the same rows with the ground-truth columns the paired-edit world allows (PSNR and SSIM to
   the true after-image, edit success, style accuracy on drawing-style directions);
-- the paper's qualitative findings, each checked on paired differences and stated "held" / "not held";
+- the paper's qualitative findings, each checked on paired differences and stated "held" / "not held" (a difference
+  beyond two standard errors) or "not measurable" (within them);
 - a per-category breakdown, Fig. 7-style histograms, example grids;
 - the exact command, package version, sizes, models and wall time.
 Column names come from ``metrics.METRIC_NAMES``.
@@ -153,7 +154,7 @@ def check_finding(f: Finding, records: list[dict]) -> dict:
         result["verdict"] = "not checked"
         result["why"] = "needs " + ", ".join(sorted({m for c in f.comparisons for m in c} - ran)[:4])
         return result
-    held = True
+    held, contradicted = True, False
     for metric in f.metrics:
         diffs = []
         for a, b in comps:
@@ -168,8 +169,10 @@ def check_finding(f: Finding, records: list[dict]) -> dict:
                  and (pb := _paper_value(b, metric)) is not None]
         result["metrics"][metric] = {"mean_difference": mean, "standard_error": se, "n": len(diffs),
                                      "paper_difference": float(np.mean(paper)) if paper else None}
-        held = held and bool(diffs) and mean > 0
-    result["verdict"] = "held" if held else "not held"
+        # A paired difference within two standard errors supports neither side.
+        held = held and len(diffs) > 1 and mean > 2 * se
+        contradicted = contradicted or (len(diffs) > 1 and mean < -2 * se)
+    result["verdict"] = "held" if held else "not held" if contradicted else "not measurable"
     return result
 
 
