@@ -486,10 +486,9 @@ def section_noise(records: list[dict]) -> list[str]:
     f = mean(rows(records, section="edit", loss_on=DEFAULT_LOSS, variant="fixed"), "clip_image_similarity")
     rnd = mean(rows(records, section="edit", loss_on=DEFAULT_LOSS, variant="random"), "clip_image_similarity")
     diffs = paired_differences(records, "clip_image_similarity")
-    if f is not None and rnd is not None and len(diffs) > 1:
-        d, se = float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
-        held = ("holds" if d > 2 * se else "does not hold" if d < -2 * se
-                else "cannot be told from noise")
+    if len(diffs) > 1:
+        d, se, sign = metrics.paired_difference(diffs)
+        held = {1: "holds", -1: "does not hold", 0: "cannot be told from noise"}[sign]
         lines += ["", f"The paper's finding that fixed noise keeps more of the input {held} here "
                   f"(`{DEFAULT_LOSS}`: {img} {f:.3f} fixed vs {rnd:.3f} random; paired over {len(diffs)} test "
                   f"images, fixed − random = {d:+.3f} ± {se:.3f} s.e.)."]

@@ -291,3 +291,11 @@ def test_score_edit_reports_every_applicable_metric(clip):
     assert M.score_edit(truth, truth, true_after=truth)["psnr"] == M.PSNR_CAP_DB
     assert set(M.score_edit(before, out)) == set()
     assert set(M.score_edit(before, out, clip=clip)) == {"clip_image_similarity"}
+
+
+def test_paired_difference_has_a_sign_only_beyond_two_standard_errors():
+    mean, se, sign = M.paired_difference([1.0, 1.2, 0.8, 1.0])
+    assert mean == pytest.approx(1.0) and se == pytest.approx(0.0816, abs=1e-4) and sign == 1
+    assert M.paired_difference([-1.0, -1.2, -0.8, -1.0])[2] == -1
+    assert M.paired_difference([1.0, -0.9, 0.2, -0.1])[2] == 0
+    assert M.paired_difference([5.0])[2] == 0  # one pair says nothing about noise

@@ -380,6 +380,19 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
     return only_a, only_b, min(1.0, 2 * tail)
 
 
+def paired_difference(diffs: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, standard error, sign) of paired differences; sign is +1 or −1 only beyond two standard errors.
+
+    For continuous scores of two methods on the same inputs (McNemar's counterpart for pass/fail): a mean
+    within two standard errors of zero, or fewer than two pairs, supports neither side (sign 0).
+    """
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if n else float("nan")
+    se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    sign = int(np.sign(mean)) if n > 1 and abs(mean) > 2 * se else 0
+    return mean, se, sign
+
+
 def _region_psnr(input: ImageLike, output: ImageLike, true_after: ImageLike, changed: bool,
                  cap: float | None) -> float:
     pi, pt = _pair(input, true_after, ("input", "true_after"))

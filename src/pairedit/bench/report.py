@@ -24,7 +24,7 @@ from PIL import Image
 
 from .. import __version__
 from ..images import atomic_write, fit, grid, save_image
-from ..metrics import METRIC_NAMES
+from ..metrics import METRIC_NAMES, paired_difference
 from ..models import describe
 from .methods import METHODS
 from .suite import KINDS, Plan
@@ -163,15 +163,12 @@ def check_finding(f: Finding, records: list[dict]) -> dict:
                     va, vb = unit_value(ra, metric), unit_value(index[(b, d, t)], metric)
                     if va is not None and vb is not None:
                         diffs.append(vb - va)
-        mean = float(np.mean(diffs)) if diffs else float("nan")
-        se = float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+        mean, se, sign = paired_difference(diffs)
         paper = [(pb - pa) for a, b in comps if (pa := _paper_value(a, metric)) is not None
                  and (pb := _paper_value(b, metric)) is not None]
         result["metrics"][metric] = {"mean_difference": mean, "standard_error": se, "n": len(diffs),
                                      "paper_difference": float(np.mean(paper)) if paper else None}
-        # A paired difference within two standard errors supports neither side.
-        held = held and len(diffs) > 1 and mean > 2 * se
-        contradicted = contradicted or (len(diffs) > 1 and mean < -2 * se)
+        held, contradicted = held and sign > 0, contradicted or sign < 0
     result["verdict"] = "held" if held else "not held" if contradicted else "not measurable"
     return result
 
