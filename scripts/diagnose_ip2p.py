@@ -7,6 +7,7 @@
     python scripts/diagnose_ip2p.py combos --n 200         # object edits: held-out vs trained (edit, shape)
     python scripts/diagnose_ip2p.py confusion --n 3        # which shape pairs the named object is mistaken in
     python scripts/diagnose_ip2p.py binding --n 600        # edits naming one object of a busy scene: the right one?
+    python scripts/diagnose_ip2p.py compound --n 150       # two edits in one instruction: are both done?
     python scripts/diagnose_ip2p.py gate --unet RUN/ip2p/final --against OLD.json   # the #2 gate, paired vs OLD
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
@@ -31,10 +32,16 @@
   held-out scenes and (edit, shape) combinations, the gate's sampler and first wording), scored like the gate
   (edit success) and by which object was edited; ≥ 500 of them tell binding levers apart to ±2 points, which
   the gate's 93 such edits cannot. Each pair's outcome is kept for paired comparisons (``metrics.mcnemar``).
+- ``compound``: N held-out compound instructions (``world.compound_pair``: a style or background edit and an
+  object edit, held-out scenes and (edit, shape) combinations), each worded twice with the parts' first
+  wordings: joined by " and ", and by a bare space, which is how a VISII hybrid instruction (learned tokens
+  followed by the user's words) reads. Scored by edit success against the true after-image of both edits and
+  by which true after-image the output is nearest (``metrics.nearest_style``): both edits, the first or the
+  second part alone, or the unedited input.
 - ``gate``: the InstructPix2Pix gate of ``pairedit train eval`` (``evaluate.eval_ip2p``: 280 held-out pairs and
   the vague drawing instruction) on the pipeline with ``--unet`` swapped in, before it is exported.
 
-``--against OLD.json`` (``binding`` and ``gate``): the paired McNemar test of this run's per-pair edit success
+``--against OLD.json`` (``binding``, ``compound`` and ``gate``): the paired McNemar test of this run's per-pair edit success
 against an earlier ``--json`` of the same measurement (same pairs and seeds, another UNet); ``OLD.json:KEY``
 takes one entry of a file that keeps several, e.g. ``docs/models_eval/binding_mix_session12.json:gate_56018``.
 """
@@ -308,6 +315,48 @@ def binding(pipe, n: int) -> dict:
     return res
 
 
+COMPOUND_OUTCOMES = ("both", "first only", "second only", metrics.NO_STYLE)
+
+
+def compound(pipe, n: int) -> dict:
+    """Edit success and which edits were done on N held-out compound instructions, joined two ways."""
+    rng = random.Random("compound-eval")
+    rows = []
+    for i in range(n):
+        pair = world.compound_pair(rng, "test")
+        before, after = pair.images()
+        parts = (pair.edit.first, pair.edit.second)
+        afters = {"both": after, **{f"{k} only": world.render(world.apply_edit(pair.before, e))
+                                    for k, e in zip(("first", "second"), parts)}}
+        for joiner in (" and ", " "):
+            instruction = joiner.join(e.instruction(wording=0) for e in parts)
+            out = ip2p_edit(pipe, [before], instruction, seed=i)[0]
+            rows.append({"edit": pair.edit.name, "joiner": joiner, "edit_success": metrics.edit_success(before, out, after),
+                         "wide_first": parts[0].category in world.SCENE_WIDE_CATEGORIES,
+                         "object_category": next(e.category for e in parts if e.category not in world.SCENE_WIDE_CATEGORIES),
+                         "nearest": metrics.nearest_style(out, afters, input=before)})
+        if (i + 1) % 25 == 0:
+            print(f"{i + 1}/{n}: edit success {sum(r['edit_success'] for r in rows) / len(rows):.3f}", flush=True)
+
+    def summary(sel: list[dict]) -> dict:
+        nearest = [r["nearest"] for r in sel]
+        return {"n": len(sel), "edit_success": sum(r["edit_success"] for r in sel) / max(len(sel), 1),
+                **{k: nearest.count(k) / max(len(sel), 1) for k in COMPOUND_OUTCOMES}}
+
+    res = {"all": summary(rows)}
+    for name, joiner in (("and", " and "), ("space", " ")):
+        sel = [r for r in rows if r["joiner"] == joiner]
+        res[name] = {"all": summary(sel),
+                     "scene_wide_first": summary([r for r in sel if r["wide_first"]]),
+                     "object_first": summary([r for r in sel if not r["wide_first"]]),
+                     "by_object_category": {c: summary([r for r in sel if r["object_category"] == c])
+                                            for c in world.CATEGORIES if c not in world.SCENE_WIDE_CATEGORIES}}
+    res["per_pair_edit_success"] = "".join(str(int(r["edit_success"])) for r in rows)
+    res["per_pair_nearest"] = [r["nearest"] for r in rows]
+    print(json.dumps({k: v for k, v in res.items() if not k.startswith("per_pair")}), flush=True)
+    return res
+
+
 def paired_against(res: dict, path: str) -> dict:
     """McNemar of this measurement's per-pair edit success vs an earlier ``--json`` of it (same pairs, seeds).
 
@@ -328,14 +377,15 @@ def paired_against(res: dict, path: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "gate"))
+    ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "compound",
+                                        "gate"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final)")
     ap.add_argument("--n", type=int, default=48, help="held-out pairs (the first N of `train eval`'s 280)")
     ap.add_argument("--run", default="/work/runs/default", help="split only: the run folder the UNet trained in")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--against", help="binding/gate: an earlier --json of the same measurement, for McNemar "
+    ap.add_argument("--against", help="binding/compound/gate: an earlier --json of the same measurement, for McNemar "
                     "(FILE or FILE:KEY for one entry of a file that keeps several)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -350,6 +400,8 @@ def main() -> None:
         res = binding_confusion(pipe, args.n)
     elif args.what == "binding":
         res = binding(pipe, args.n)
+    elif args.what == "compound":
+        res = compound(pipe, args.n)
     elif args.what == "gate":
         res = eval_ip2p(pipe)
     else:

@@ -14,6 +14,7 @@ from conftest import requires_bundled
 from pairedit import models, world
 from pairedit.errors import UserError
 from pairedit.training import common
+from pairedit.training.data import edit_from_record, edit_record
 from pairedit.training.trainers import (
     ClipTrainConfig,
     IP2PTrainConfig,
@@ -184,18 +185,27 @@ def test_a_larger_pair_pool_adds_files_and_keeps_the_pairs_already_drawn(tmp_pat
     assert edits7[3:6] != edits7[:3]  # each file has its own random stream
 
 
-def test_binding_pairs_come_after_the_pool_from_their_own_stream(tmp_path, monkeypatch):
+def test_binding_and_compound_pairs_come_after_the_pool_from_their_own_streams(tmp_path, monkeypatch):
     from pairedit.training import trainers
 
     monkeypatch.setattr(trainers, "PAIRS_PER_FILE", 3)
     vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
     with torch.no_grad():
         edits3, lat3 = trainers.training_pairs(tmp_path, 3, 0, vae)
-        edits, lat = trainers.training_pairs(tmp_path, 3, 0, vae, binding=4)
+        edits7, lat7 = trainers.training_pairs(tmp_path, 3, 0, vae, binding=4)
     assert sorted(p.name for p in (tmp_path / "data").glob("binding*.npz")) == ["binding_pairs.npz", "binding_pairs_1.npz"]
-    assert len(edits) == 7 and lat["before"].shape[0] == 7
-    assert edits[:3] == edits3 and torch.equal(lat["after"][:3], lat3["after"])  # the pool is unchanged
-    assert all(e.category in world.TARGETED_CATEGORIES for e in edits[3:])
+    assert len(edits7) == 7 and lat7["before"].shape[0] == 7
+    assert edits7[:3] == edits3 and torch.equal(lat7["after"][:3], lat3["after"])  # the pool is unchanged
+    assert all(e.category in world.TARGETED_CATEGORIES for e in edits7[3:])
+    with torch.no_grad():
+        edits, lat = trainers.training_pairs(tmp_path, 3, 0, vae, binding=2, compound=2)
+    assert len(edits) == 7 and lat["after"].shape[0] == 7  # the first binding file holds 3: its first 2 are taken
+    assert edits[3:5] == edits7[3:5] and torch.equal(lat["after"][3:5], lat7["after"][3:5])
+    assert all(isinstance(e, world.CompoundEdit) for e in edits[5:])
+    stored = trainers.pairs_dataset(tmp_path / "data" / "compound_pairs.npz", 2, 0, pixels=False)["edits"]
+    assert stored == edits[5:] == [edit_from_record(edit_record(e)) for e in stored]
+    with pytest.raises(UserError, match="holds 2 pairs, fewer than the 3"):
+        trainers.pairs_dataset(tmp_path / "data" / "compound_pairs.npz", 3, 0)
 
 
 def test_widen_conv_in_zero_initialises_new_channels(tiny):

@@ -96,3 +96,33 @@ def test_binding_pairs_name_one_object_of_a_busy_scene():
     assert held.before.split == "test" and world.is_heldout_combo(held.edit)
     with pytest.raises(WorldError, match="1 to 3 objects"):
         world.scene_for(Edit("remove", target="star"), rng, n_objects=(4,))
+
+
+def test_compound_pairs_show_both_edits_and_word_them_in_one_sentence():
+    rng = random.Random(5)
+    pairs = [world.compound_pair(rng, "train") for _ in range(60)]
+    again = random.Random(5)
+    assert [p.edit for p in pairs] == [world.compound_pair(again, "train").edit for _ in range(60)]  # deterministic
+    for p in pairs:
+        first, second = p.edit.first, p.edit.second
+        assert (first.category in world.SCENE_WIDE_CATEGORIES) != (second.category in world.SCENE_WIDE_CATEGORIES)
+        assert p.after == apply_edit(apply_edit(p.before, first), second) == apply_edit(apply_edit(p.before, second), first)
+        assert world.changes_image(apply_edit(p.before, first), p.after)  # the second part shows
+        assert world.changes_image(apply_edit(p.before, second), p.after)  # and the first
+        assert p.before.split == "train" and not any(world.is_heldout_combo(e) for e in (first, second))
+    assert {p.edit.first.category in world.SCENE_WIDE_CATEGORIES for p in pairs} == {True, False}  # both orders
+    joiners = set()
+    for p in pairs:  # one wording of each part, joined by one of the joiners
+        words = [[e.instruction(wording=k) for k in range(len(EDIT_TYPES[e.type].wordings))]
+                 for e in (p.edit.first, p.edit.second)]
+        found = {j for j in world.COMPOUND_JOINERS for a in words[0] for b in words[1] if a + j + b == p.instruction}
+        assert found, p.instruction
+        joiners |= found
+    assert joiners == set(world.COMPOUND_JOINERS)
+    edit = world.CompoundEdit(Edit("style_watercolor"), Edit("replace_star", target="circle"))
+    assert edit.instruction(wording=0) == "make it a watercolor painting and turn the circle into a star"
+    assert edit.name == "style_watercolor+replace_star/circle" and edit.category == "compound"
+    with pytest.raises(WorldError, match="one explicit style or background edit and one object edit"):
+        world.CompoundEdit(Edit("recolor_red", target="circle"), Edit("remove", target="star"))
+    with pytest.raises(WorldError, match="one explicit style"):
+        world.CompoundEdit(Edit("drawing", value="ink"), Edit("remove", target="star"))

@@ -330,6 +330,44 @@ class Edit:
         return spec.wordings[wording % len(spec.wordings)].format(**fields)
 
 
+# How a compound instruction joins its two parts. The last one, a bare space, is how a VISII hybrid
+# instruction reads: the learned tokens followed by the user's words (VISII §5 Hybrid).
+COMPOUND_JOINERS = (" and ", ", ", " then ", " ")
+
+
+@dataclass(frozen=True)
+class CompoundEdit:
+    """Two edits in one instruction: a scene-wide one (style or background) and one on the objects.
+
+    "make it a watercolor painting and turn the circle into a star". The true after-scene applies both;
+    they act on different parts of the scene, so the order of the words does not change it.
+    InstructPix2Pix's generated instructions include such compounds; a model that never saw one cannot
+    follow a VISII hybrid instruction (learned edit + words).
+    """
+
+    first: Edit
+    second: Edit
+
+    def __post_init__(self):
+        wide = [e.category in SCENE_WIDE_CATEGORIES for e in (self.first, self.second)]
+        if sum(wide) != 1 or "drawing" in (self.first.type, self.second.type):
+            raise WorldError(f"a compound edit joins one explicit style or background edit and one object edit, "
+                             f"not {self.first.name!r} and {self.second.name!r}")
+
+    @property
+    def category(self) -> str:
+        return "compound"
+
+    @property
+    def name(self) -> str:
+        return f"{self.first.name}+{self.second.name}"
+
+    def instruction(self, rng: random.Random | None = None, wording: int | None = None) -> str:
+        """Both parts' wordings joined: ``wording`` picks the parts' wordings and " and ", else ``rng`` draws."""
+        join = rng.choice(COMPOUND_JOINERS) if wording is None and rng is not None else COMPOUND_JOINERS[0]
+        return self.first.instruction(rng, wording) + join + self.second.instruction(rng, wording)
+
+
 @dataclass(frozen=True)
 class EditType:
     category: str
@@ -476,8 +514,13 @@ CATEGORIES = ("recolor", "replace", "add", "remove", "resize", "background", "st
 TARGETED_CATEGORIES = ("recolor", "replace", "remove", "resize")  # the edits that name an object ("the circle")
 
 
-def apply_edit(scene: Scene, edit: Edit) -> Scene:
+SCENE_WIDE_CATEGORIES = ("background", "style")  # the edits that act on the whole picture
+
+
+def apply_edit(scene: Scene, edit: Edit | CompoundEdit) -> Scene:
     """The exact after-scene of ``edit`` on ``scene``; raises EditNotApplicable with the reason."""
+    if isinstance(edit, CompoundEdit):
+        return apply_edit(apply_edit(scene, edit.first), edit.second)
     return EDIT_TYPES[edit.type]._apply(scene, edit)
 
 
@@ -558,7 +601,7 @@ class Pair:
 
     before: Scene
     after: Scene
-    edit: Edit
+    edit: Edit | CompoundEdit
     instruction: str
 
     def images(self) -> tuple[Image.Image, Image.Image]:
@@ -619,9 +662,34 @@ def binding_pair(rng: random.Random, split: str = "train") -> Pair:
     The model has to find the named object among others (bind the word to it): the edits that fail most
     often (docs/models.md). Category drawn uniformly among the object-naming ones, as ``random_edit`` does.
     """
-    category = rng.choice(TARGETED_CATEGORIES)
-    edit = random_edit(rng, split, types=tuple(t for t, s in EDIT_TYPES.items() if s.category == category))
+    edit = _random_edit_in(rng, split, TARGETED_CATEGORIES)
     return make_pair(edit, rng, split, scene_for(edit, rng, split, n_objects=(2, 3)))
+
+
+def compound_pair(rng: random.Random, split: str = "train") -> Pair:
+    """A scene-wide edit and an object edit in one instruction (``CompoundEdit``), in either order.
+
+    Each part's category is drawn uniformly (style or background; recolour, replace, add, remove or resize),
+    and both parts must change the picture, so the true after-image shows two edits.
+    """
+    for _ in range(1000):
+        wide = _random_edit_in(rng, split, SCENE_WIDE_CATEGORIES, exclude=("drawing",))
+        obj = _random_edit_in(rng, split, tuple(c for c in CATEGORIES if c not in SCENE_WIDE_CATEGORIES))
+        edit = CompoundEdit(wide, obj) if rng.random() < 0.5 else CompoundEdit(obj, wide)
+        scene = scene_for(obj, rng, split)
+        if not is_applicable(scene, wide):
+            continue
+        after = apply_edit(scene, edit)
+        if changes_image(apply_edit(scene, wide), after) and changes_image(apply_edit(scene, obj), after):
+            return Pair(scene, after, edit, edit.instruction(rng))
+    raise WorldError(f"could not sample a compound edit for the {split} split")
+
+
+def _random_edit_in(rng: random.Random, split: str, categories: tuple[str, ...], exclude: tuple[str, ...] = ()) -> Edit:
+    """``random_edit`` with its category drawn uniformly from ``categories``."""
+    category = rng.choice(categories)
+    return random_edit(rng, split, types=tuple(t for t, s in EDIT_TYPES.items()
+                                               if s.category == category and t not in exclude))
 
 
 def direction_pairs(edit: Edit, n: int, seed: int, split: str = "test") -> list[Pair]:

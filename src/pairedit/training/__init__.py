@@ -67,6 +67,10 @@ def add_cli(sub) -> None:
     p.add_argument("--binding-pairs", type=int, default=None,
                    help="ip2p: extra training pairs that name one object of a scene with two or three (\"make the "
                         "circle red\" beside a square), drawn uniformly with the others (default 0, the paper's mix)")
+    p.add_argument("--compound-pairs", type=int, default=None,
+                   help="ip2p: extra training pairs with a style or background edit and an object edit in one "
+                        "instruction (\"make it a watercolor painting and turn the circle into a star\"), so that "
+                        "instructions compose as a VISII hybrid instruction needs (default 0)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
@@ -115,7 +119,8 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
-    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs"):
+    for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
+                 "compound_pairs"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

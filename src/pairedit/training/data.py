@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import world
+from ..errors import UserError
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -39,28 +40,36 @@ def scenes_dataset(path: Path, n: int, seed: int) -> dict:
     return {"pixels": pixels, "captions": captions}
 
 
-def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True, binding: bool = False) -> dict:
+# The kinds of training pair a file can hold, each drawn from a random stream of its own.
+PAIR_KINDS = {"usual": ("pairs", world.random_pair), "binding": ("binding", world.binding_pair),
+              "compound": ("compound", world.compound_pair)}
+
+
+def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True, kind: str = "usual") -> dict:
     """``n`` training edit pairs: before/after pixels, after captions and the edits (to word at batch time).
 
     ``part`` numbers the files of a larger pool (each drawn from its own random stream), so adding files
     never changes the pairs already drawn. ``pixels=False`` skips reading the 1.5 GB of before/after pixels
-    from an existing file (a trainer whose latents are cached needs only the edits). ``binding`` draws only
-    edits that name one object of a busy scene (``world.binding_pair``), from a stream of their own.
+    from an existing file (a trainer whose latents are cached needs only the edits). ``kind`` is "usual"
+    (``world.random_pair``), "binding" (edits that name one object of a busy scene, ``world.binding_pair``)
+    or "compound" (a scene-wide and an object edit in one instruction, ``world.compound_pair``).
     """
     path = Path(path)
     if path.exists():
         data = np.load(path, allow_pickle=False)
-        edits = [world.Edit(*e) for e in json.loads(str(data["edits"]))]
-        out = {"edits": edits, "after_captions": json.loads(str(data["after_captions"]))}
-        return {"before": data["before"], "after": data["after"], **out} if pixels else out
-    stream = "binding" if binding else "pairs"
+        edits = [edit_from_record(e) for e in json.loads(str(data["edits"]))]
+        if len(edits) < n:
+            raise UserError(f"{path} holds {len(edits)} pairs, fewer than the {n} asked for; delete it (and its "
+                            f"latents) to draw it again")
+        out = {"edits": edits[:n], "after_captions": json.loads(str(data["after_captions"]))[:n]}
+        return {"before": data["before"][:n], "after": data["after"][:n], **out} if pixels else out
+    stream, draw = PAIR_KINDS[kind]
     rng = random.Random(f"{stream}:{seed}" if part == 0 else f"{stream}:{seed}:part{part}")
-    draw = world.binding_pair if binding else world.random_pair
     size = world.IMAGE_SIZE
     before = np.zeros((n, size, size, 3), np.uint8)
     after = np.zeros((n, size, size, 3), np.uint8)
     edits, captions = [], []
-    for i in tqdm(range(n), desc="rendering pairs", mininterval=5):
+    for i in tqdm(range(n), desc=f"rendering {kind} pairs", mininterval=5):
         pair = draw(rng, "train")
         b, a = pair.images()
         before[i], after[i] = np.asarray(b), np.asarray(a)
@@ -68,8 +77,21 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
         captions.append(pair.after.caption)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, before=before, after=after, after_captions=np.array(json.dumps(captions)),
-             edits=np.array(json.dumps([[e.type, e.target, e.value] for e in edits])))
+             edits=np.array(json.dumps([edit_record(e) for e in edits])))
     return {"before": before, "after": after, "edits": edits, "after_captions": captions}
+
+
+def edit_record(edit: world.Edit | world.CompoundEdit) -> list:
+    """JSON form of an edit: [type, target, value], or a list of two of those for a compound edit."""
+    if isinstance(edit, world.CompoundEdit):
+        return [edit_record(edit.first), edit_record(edit.second)]
+    return [edit.type, edit.target, edit.value]
+
+
+def edit_from_record(record: list) -> world.Edit | world.CompoundEdit:
+    if isinstance(record[0], list):
+        return world.CompoundEdit(*(world.Edit(*r) for r in record))
+    return world.Edit(*record)
 
 
 def to_unit(pixels: np.ndarray) -> torch.Tensor:

@@ -227,22 +227,23 @@ def training_scenes(run: Path, n: int, seed: int, vae=None) -> dict:
     return data
 
 
-def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0
-                   ) -> tuple[list[world.Edit], dict[str, torch.Tensor]]:
-    """The first ``n`` training pairs, then ``binding`` pairs that name one object of a busy scene: their
-    edits and VAE latents (before, after), from files of ``PAIRS_PER_FILE`` pairs. A larger ``n`` (or
-    ``binding``) adds files and keeps the earlier pairs as they were."""
+def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound: int = 0
+                   ) -> tuple[list, dict[str, torch.Tensor]]:
+    """The first ``n`` training pairs, then ``binding`` pairs that name one object of a busy scene and
+    ``compound`` pairs with two edits in one instruction: their edits and VAE latents (before, after), from
+    files of ``PAIRS_PER_FILE`` pairs. A larger count adds files and keeps the earlier pairs as they were."""
     edits, latents = [], []
     with main_process_first():
-        for prefix, count, binding_only in (("pair", n, False), ("binding_pair", binding, True)):
+        for prefix, count, kind in (("pair", n, "usual"), ("binding_pair", binding, "binding"),
+                                    ("compound_pair", compound, "compound")):
             for part, start in enumerate(range(0, count, PAIRS_PER_FILE)):
                 suffix = f"_{part}" if part else ""
-                args = (Path(run) / "data" / f"{prefix}s{suffix}.npz", min(PAIRS_PER_FILE, count - start), seed, part)
-                edits += pairs_dataset(*args, pixels=False, binding=binding_only)["edits"]
-                latents.append(_cached_latents(run, f"{prefix}_latents{suffix}", vae,
-                                               lambda args=args, b=binding_only: {
-                                                   k: v for k, v in pairs_dataset(*args, binding=b).items()
-                                                   if k in ("before", "after")}))
+                size = min(PAIRS_PER_FILE, count - start)
+                args = (Path(run) / "data" / f"{prefix}s{suffix}.npz", size, seed, part)
+                edits += pairs_dataset(*args, pixels=False, kind=kind)["edits"]
+                lat = _cached_latents(run, f"{prefix}_latents{suffix}", vae, lambda args=args, k=kind: {
+                    k2: v for k2, v in pairs_dataset(*args, kind=k).items() if k2 in ("before", "after")})
+                latents.append({k: v[:size] for k, v in lat.items()})  # a file may hold more than asked for
     return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
 
 
@@ -370,6 +371,9 @@ class IP2PTrainConfig(LoopConfig):
     # Extra pairs that name one object of a scene with two or three (world.binding_pair), drawn uniformly
     # with the others; 0 = the paper's recipe (pairs drawn as the data generator draws them).
     binding_pairs: int = 0
+    # Extra pairs with a scene-wide and an object edit in one instruction (world.compound_pair), so that
+    # instructions compose, as a VISII hybrid instruction needs; 0 = none.
+    compound_pairs: int = 0
     # InstructPix2Pix §3.2.1: "randomly set c_I = ∅_I for 5% of examples, c_T = ∅_T for 5% of
     # examples, and both for 5% of examples".
     drop_image: float = 0.05
@@ -391,7 +395,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs)
+    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     embed = FrozenTextEmbeddings(text_encoder, tokenizer)
