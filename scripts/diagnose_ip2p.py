@@ -264,7 +264,7 @@ def binding_confusion(pipe, n: int) -> dict:
 
     def share_other(sel: list[dict]) -> dict:
         return {"n": len(sel), "other": sum(r["chosen"] == "other" for r in sel) / max(len(sel), 1),
-                "edit_success": sum(r["edit_success"] for r in sel) / max(len(sel), 1)}
+                "edit_success": _success(sel)}
 
     def median(key: str) -> float:
         return sorted(r[key] for r in rows)[len(rows) // 2]
@@ -283,6 +283,15 @@ def binding_confusion(pipe, n: int) -> dict:
     return res
 
 
+def _success(rows: list[dict]) -> float:
+    return sum(r["edit_success"] for r in rows) / max(len(rows), 1)
+
+
+def _progress(i: int, n: int, rows: list[dict], every: int) -> None:
+    if (i + 1) % every == 0:
+        print(f"{i + 1}/{n}: edit success {_success(rows):.3f}", flush=True)
+
+
 @torch.no_grad()
 def binding(pipe, n: int) -> dict:
     """Edit success and named / other / none on N held-out edits naming one object of a busy scene."""
@@ -297,12 +306,11 @@ def binding(pipe, n: int) -> dict:
         rows.append({"edit": pair.edit.name, "category": pair.edit.category, "objects": len(pair.before.objects),
                      "edit_success": metrics.edit_success(before, out, after),
                      "chosen": which_object(out, before, after, pair.before, pair.edit)})
-        if (i + 1) % 50 == 0:
-            print(f"{i + 1}/{n}: edit success {sum(r['edit_success'] for r in rows) / len(rows):.3f}", flush=True)
+        _progress(i, n, rows, every=50)
 
     def summary(sel: list[dict]) -> dict:
         chosen = [r["chosen"] for r in sel if r["chosen"]]
-        return {"n": len(sel), "edit_success": sum(r["edit_success"] for r in sel) / max(len(sel), 1),
+        return {"n": len(sel), "edit_success": _success(sel),
                 "n_with_other": len(chosen),
                 **{k: chosen.count(k) / max(len(chosen), 1) for k in ("named", "other", "none")}}
 
@@ -318,6 +326,7 @@ def binding(pipe, n: int) -> dict:
 COMPOUND_OUTCOMES = ("both", "first only", "second only", metrics.NO_STYLE)
 
 
+@torch.no_grad()
 def compound(pipe, n: int) -> dict:
     """Edit success and which edits were done on N held-out compound instructions, joined two ways."""
     rng = random.Random("compound-eval")
@@ -335,12 +344,11 @@ def compound(pipe, n: int) -> dict:
                          "wide_first": parts[0].category in world.SCENE_WIDE_CATEGORIES,
                          "object_category": next(e.category for e in parts if e.category not in world.SCENE_WIDE_CATEGORIES),
                          "nearest": metrics.nearest_style(out, afters, input=before)})
-        if (i + 1) % 25 == 0:
-            print(f"{i + 1}/{n}: edit success {sum(r['edit_success'] for r in rows) / len(rows):.3f}", flush=True)
+        _progress(i, n, rows, every=25)
 
     def summary(sel: list[dict]) -> dict:
         nearest = [r["nearest"] for r in sel]
-        return {"n": len(sel), "edit_success": sum(r["edit_success"] for r in sel) / max(len(sel), 1),
+        return {"n": len(sel), "edit_success": _success(sel),
                 **{k: nearest.count(k) / max(len(sel), 1) for k in COMPOUND_OUTCOMES}}
 
     res = {"all": summary(rows)}

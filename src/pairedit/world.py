@@ -7,7 +7,9 @@ what lets pairedit score edits against ground truth instead of only through CLIP
 The world follows the categories of the InstructPix2Pix data (recolour, replace, add, remove,
 resize, background / time of day, style or medium) and contains the deliberate ambiguity the VISII
 paper argues for (its Fig. 6): the vague instruction "turn it into a drawing" answers to three
-distinct styles, each of which also has an explicit name of its own.
+distinct styles, each of which also has an explicit name of its own. Compound instructions join a
+style or background edit and an object edit in one sentence (``CompoundEdit``), as a VISII hybrid
+instruction (learned edit + the user's words) does.
 
 Splits are fixed by content, not by sampling order: a scene is held out when a stable hash of its
 contents says so, and a fixed set of (edit type, target shape) combinations is held out too.
