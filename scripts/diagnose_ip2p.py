@@ -57,8 +57,8 @@ import torch
 from PIL import Image
 
 from pairedit import metrics, models, world
-from pairedit.editing import ip2p_edit
-from pairedit.images import to_tensor
+from pairedit.editing import ip2p_edit, resolution
+from pairedit.images import fit, to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
 from pairedit.training.evaluate import eval_ip2p, heldout_pairs
 
@@ -298,14 +298,15 @@ def binding(pipe, n: int) -> dict:
     from pairedit.training.evaluate import which_object
 
     rng = random.Random("binding-eval")
+    size = resolution(pipe)  # the world's 64×64 for the bundled models
     rows = []
     for i in range(n):
         pair = world.binding_pair(rng, "test")
-        before, after = pair.images()
+        before, after = (fit(im, size) for im in pair.images())
         out = ip2p_edit(pipe, [before], pair.edit.instruction(wording=0), seed=i)[0]
         rows.append({"edit": pair.edit.name, "category": pair.edit.category, "objects": len(pair.before.objects),
                      "edit_success": metrics.edit_success(before, out, after),
-                     "chosen": which_object(out, before, after, pair.before, pair.edit)})
+                     "chosen": which_object(out, before, after, pair.before, pair.edit, size)})
         _progress(i, n, rows, every=50)
 
     def summary(sel: list[dict]) -> dict:
@@ -330,12 +331,13 @@ COMPOUND_OUTCOMES = ("both", "first only", "second only", metrics.NO_STYLE)
 def compound(pipe, n: int) -> dict:
     """Edit success and which edits were done on N held-out compound instructions, joined two ways."""
     rng = random.Random("compound-eval")
+    size = resolution(pipe)
     rows = []
     for i in range(n):
         pair = world.compound_pair(rng, "test")
-        before, after = pair.images()
+        before, after = (fit(im, size) for im in pair.images())
         parts = (pair.edit.first, pair.edit.second)
-        afters = {"both": after, **{f"{k} only": world.render(world.apply_edit(pair.before, e))
+        afters = {"both": after, **{f"{k} only": fit(world.render(world.apply_edit(pair.before, e)), size)
                                     for k, e in zip(("first", "second"), parts)}}
         for joiner in (" and ", " "):
             instruction = joiner.join(e.instruction(wording=0) for e in parts)

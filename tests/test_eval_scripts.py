@@ -121,6 +121,12 @@ def test_diagnose_ip2p_runs_every_diagnostic(model_dirs, monkeypatch, tmp_path):
     split = diag.loss_by_split(pipe, n=3, run=str(tmp_path))
     assert set(split) == {"trained_on", "new_train_split", "held_out"}
     assert all(r["mse"] > 0 for r in split.values())
+    bound = diag.binding(pipe, n=2)
+    assert bound["all"]["n"] == 2 and len(bound["per_pair_edit_success"]) == 2
+    both = diag.compound(pipe, n=2)  # each held-out compound worded twice: " and ", and a bare space
+    assert both["and"]["all"]["n"] == both["space"]["all"]["n"] == 2 and len(both["per_pair_nearest"]) == 4
+    assert set(both["per_pair_nearest"]) <= set(diag.COMPOUND_OUTCOMES)
+    assert sum(both["all"][k] for k in diag.COMPOUND_OUTCOMES) == pytest.approx(1)
 
 
 def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):
