@@ -299,6 +299,9 @@ def test_memoised_text_embeddings_equal_fresh_ones(tiny):
     assert len(embed.cache) == 3
     torch.testing.assert_close(embed(["turn it into a drawing"]), _embed(te, tok, ["turn it into a drawing"]))
     assert len(embed.cache) == 1  # over max_items: the memo starts again
+    both = ["turn it into a drawing", "make it red", "add a star", "make it blue"]  # 1 memoised + 3 new > 3
+    torch.testing.assert_close(embed(both), _embed(te, tok, both))  # the memoised one survives the restart
+    assert set(embed.cache) == set(both)
 
 
 @requires_bundled

@@ -291,8 +291,9 @@ def _embed(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 class FrozenTextEmbeddings:
     """The frozen text encoder's outputs, memoised per sentence.
 
-    The world has about 700 distinct instructions, so after the first steps a batch's conditioning is a
-    lookup (encoding it was ~10% of an InstructPix2Pix step on this CPU). Captions are too many to memoise.
+    The world has about 700 distinct single-edit instructions, so after the first steps a batch's conditioning
+    is a lookup (encoding it was ~10% of an InstructPix2Pix step on this CPU). Compound instructions and
+    captions are too many to keep: when full, the memo starts over.
     """
 
     def __init__(self, text_encoder, tokenizer, max_items: int = 10_000):
@@ -300,10 +301,12 @@ class FrozenTextEmbeddings:
         self.cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        unique = list(dict.fromkeys(texts))
+        missing = [t for t in unique if t not in self.cache]
         if missing:
-            if len(self.cache) + len(missing) > self.max_items:
+            if len(self.cache) + len(missing) > self.max_items:  # full: start over with this batch's sentences
                 self.cache.clear()
+                missing = unique
             self.cache.update(zip(missing, _embed(self.text_encoder, self.tokenizer, missing)))
         return torch.stack([self.cache[t] for t in texts])
 
