@@ -66,9 +66,9 @@ HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
 SHARE_ORDER = (*world.DRAWING_STYLES, *HYBRID_CANDIDATES, metrics.NO_STYLE)  # order of the share tables
-DEFAULTS = dict(directions_per_category=2, tests=3, steps=VisiiConfig().steps, caption_steps=VisiiConfig().caption_steps,
-                sample_steps=20)
-QUICK = dict(directions_per_category=1, tests=2, steps=100, caption_steps=100, sample_steps=10)
+DEFAULTS = dict(directions_per_category=2, tests=3, style_tests=24, steps=VisiiConfig().steps,
+                caption_steps=VisiiConfig().caption_steps, sample_steps=20)
+QUICK = dict(directions_per_category=1, tests=2, style_tests=2, steps=100, caption_steps=100, sample_steps=10)
 ASSETS = "visii"  # folder next to visii.md
 
 
@@ -81,6 +81,7 @@ class Sizes:
     categories: tuple[str, ...]
     directions_per_category: int
     tests: int
+    style_tests: int  # test images of §2's drawing-style directions and §3's hybrid: one learning run each, so cheap
     steps: int  # VISII learning steps N
     caption_steps: int  # PEZ steps of the caption initialisation
     sample_steps: int  # sampling steps of VISII and IP2P
@@ -115,7 +116,7 @@ def drawing_directions(sizes: Sizes) -> list[Direction]:
     out = []
     for j, style in enumerate(world.DRAWING_STYLES):
         edit = world.Edit("drawing", value=style)
-        pairs = world.direction_pairs(edit, 1 + sizes.tests, seed=stable_int(f"{sizes.seed}:drawing:{style}"))
+        pairs = world.direction_pairs(edit, 1 + sizes.style_tests, seed=stable_int(f"{sizes.seed}:drawing:{style}"))
         out.append(Direction(1000 + j, edit, (pairs[0],), tuple(pairs[1:])))
     return out
 
@@ -123,10 +124,11 @@ def drawing_directions(sizes: Sizes) -> list[Direction]:
 def hybrid_direction(sizes: Sizes) -> Direction:
     """§3: a watercolour example pair; test pairs of the replace edit on photo scenes (watercolour applies too)."""
     example = world.direction_pairs(HYBRID_STYLE, 1, seed=stable_int(f"{sizes.seed}:hybrid:example"))[0]
-    candidates = world.direction_pairs(HYBRID_REPLACE, 6 * sizes.tests + 6, seed=stable_int(f"{sizes.seed}:hybrid:tests"))
-    tests = [p for p in candidates if world.is_applicable(p.before, HYBRID_STYLE)][:sizes.tests]
-    if len(tests) < sizes.tests:
-        raise UserError(f"found only {len(tests)} photo scenes for the hybrid test; lower --tests")
+    candidates = world.direction_pairs(HYBRID_REPLACE, 6 * sizes.style_tests + 6,
+                                       seed=stable_int(f"{sizes.seed}:hybrid:tests"))
+    tests = [p for p in candidates if world.is_applicable(p.before, HYBRID_STYLE)][:sizes.style_tests]
+    if len(tests) < sizes.style_tests:
+        raise UserError(f"found only {len(tests)} photo scenes for the hybrid test; lower --style-tests")
     return Direction(2000, HYBRID_STYLE, (example,), tuple(tests))
 
 
@@ -572,7 +574,7 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
         f"resolution {ctx.resolution}×{ctx.resolution}; torch threads {torch.get_num_threads()}.",
         f"- Sizes: {n_edit} held-out directions ({sizes.directions_per_category} per category × "
         f"{len(sizes.categories)} categories: {', '.join(sizes.categories)}), 1 example pair and {sizes.tests} test "
-        f"image(s) each; 3 drawing-style directions and 1 hybrid direction of {sizes.tests} test image(s); VISII "
+        f"image(s) each; 3 drawing-style directions and 1 hybrid direction of {sizes.style_tests} test image(s); VISII "
         f"{sizes.steps} learning steps (paper: 1000), PEZ caption init {sizes.caption_steps} steps; "
         f"{sizes.sample_steps} Euler-ancestral sampling steps, s_T = 7.5, s_I = 1.5; seed {sizes.seed}.",
         f"- Wall time of this invocation: {wall:.0f} s ({computed} of {len(records)} units computed, the rest read "
@@ -619,7 +621,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"held-out directions per category (default: {DEFAULTS['directions_per_category']}; --quick: "
                         f"{QUICK['directions_per_category']})")
     p.add_argument("--tests", type=int, default=None,
-                   help=f"test images per direction (default: {DEFAULTS['tests']}; --quick: {QUICK['tests']})")
+                   help=f"test images per direction of §1/4/5 (default: {DEFAULTS['tests']}; --quick: {QUICK['tests']})")
+    p.add_argument("--style-tests", type=int, default=None,
+                   help=f"test images of each drawing-style direction (§2) and of the hybrid (§3); one learning run "
+                        f"each, so more cost little (default: {DEFAULTS['style_tests']}; --quick: {QUICK['style_tests']})")
     p.add_argument("--categories", default=",".join(world.CATEGORIES), metavar="A,B,...",
                    help="edit categories of §1/4/5 (default: all: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of directions, learning and sampling (default: %(default)s)")

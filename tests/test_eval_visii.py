@@ -35,6 +35,7 @@ def bundle(tiny_bundle):
 
 def tiny_argv(bundle, tmp: Path) -> list[str]:
     return ["--model", str(bundle), "--categories", "recolor,style", "--directions-per-category", "1", "--tests", "1",
+            "--style-tests", "1",
             "--steps", "2", "--caption-steps", "2", "--sample-steps", "2", "--out", str(tmp / "docs"),
             "--cache", str(tmp / "cache"), "--no-progress"]
 
@@ -127,3 +128,15 @@ def test_fixed_vs_random_pairs_each_test_image_with_itself(eval_visii):
     records = [record("d0", [0.5, 0.6], [0.4, 0.6]), record("d1", [0.2], [0.3]),
                {**record("d2", [0.9], [0.0]), "loss_on": "other"}]  # another loss is not paired in
     assert sorted(eval_visii.paired_differences(records, "clip_image_similarity")) == pytest.approx([-0.1, 0.0, 0.1])
+
+
+def test_style_tests_size_the_drawing_and_hybrid_sections(eval_visii):
+    """--style-tests sizes §2 and §3 (one learning run each), --tests the directions of §1/4/5; more test images
+    keep the first ones (the same example pair and test scenes, then more)."""
+    sizes = eval_visii.sizes_of(eval_visii.parse_args(["--tests", "1", "--style-tests", "3"]))
+    fewer = eval_visii.sizes_of(eval_visii.parse_args(["--tests", "1", "--style-tests", "2"]))
+    assert all(len(d.tests) == 1 for d in eval_visii.edit_directions(sizes))
+    for three, two in zip(eval_visii.drawing_directions(sizes), eval_visii.drawing_directions(fewer)):
+        assert len(three.tests) == 3 and three.examples == two.examples and three.tests[:2] == two.tests
+    hybrid = eval_visii.hybrid_direction(sizes)
+    assert len(hybrid.tests) == 3 and hybrid.tests[:2] == eval_visii.hybrid_direction(fewer).tests
