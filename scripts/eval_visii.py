@@ -433,7 +433,10 @@ def section_hybrid(records: list[dict]) -> list[str]:
              "**Criterion (does both edits):** the output is nearer, in pixel MSE, the true after-image of "
              "watercolour ∘ replace than the true after-image of the watercolour edit alone, than that of the "
              "replace edit alone, and than the unedited input. Computed as `metrics.style_shares` over the three "
-             "true after-images with `inputs=` (\"none\": the input is nearest).", ""]
+             "true after-images with `inputs=` (\"none\": the input is nearest).", "",
+             "The IP2P row with both edits in words shows whether the model follows two edits in one instruction at "
+             "all; one trained on single edits rarely does (compound instructions: [models.md](models.md), "
+             "session 14).", ""]
     body = []
     for method, variant, words in (("visii-hybrid", "learned + words", f"`<ins>` + \"{replace}\""),
                                    ("visii-hybrid", "learned only", "`<ins>` alone"),
