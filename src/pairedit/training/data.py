@@ -89,6 +89,7 @@ def edit_record(edit: world.Edit | world.CompoundEdit) -> list:
 
 
 def edit_from_record(record: list) -> world.Edit | world.CompoundEdit:
+    """The edit an ``edit_record`` describes (files written before compound edits existed read the same)."""
     if isinstance(record[0], list):
         return world.CompoundEdit(*(world.Edit(*r) for r in record))
     return world.Edit(*record)
