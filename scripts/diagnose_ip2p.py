@@ -337,8 +337,7 @@ def compound(pipe, n: int) -> dict:
         pair = world.compound_pair(rng, "test")
         before, after = (fit(im, size) for im in pair.images())
         parts = (pair.edit.first, pair.edit.second)
-        afters = {"both": after, **{f"{k} only": fit(world.render(world.apply_edit(pair.before, e)), size)
-                                    for k, e in zip(("first", "second"), parts)}}
+        afters = {k: fit(world.render(s), size) for k, s in zip(COMPOUND_OUTCOMES, pair.edit.outcomes(pair.before))}
         for joiner in (" and ", " "):
             instruction = joiner.join(e.instruction(wording=0) for e in parts)
             out = ip2p_edit(pipe, [before], instruction, seed=i)[0]

@@ -288,10 +288,8 @@ class Context:
 
 def hybrid_afters(pair: world.Pair, size: int) -> dict:
     """The true after-images of a replace test pair: both edits, the style alone, the replace alone."""
-    both = world.apply_edit(pair.after, HYBRID_STYLE)
-    style = world.apply_edit(pair.before, HYBRID_STYLE)
-    scenes = dict(zip(HYBRID_CANDIDATES, (both, style, pair.after)))
-    return {k: fit(world.render(s), size) for k, s in scenes.items()}
+    scenes = world.CompoundEdit(HYBRID_STYLE, HYBRID_REPLACE).outcomes(pair.before)
+    return {k: fit(world.render(s), size) for k, s in zip(HYBRID_CANDIDATES, scenes)}
 
 
 def run_units(ctx: Context, units: list[Unit], progress: bool = True) -> tuple[list[dict], int]:

@@ -107,6 +107,7 @@ def test_compound_pairs_show_both_edits_and_word_them_in_one_sentence():
         first, second = p.edit.first, p.edit.second
         assert (first.category in world.SCENE_WIDE_CATEGORIES) != (second.category in world.SCENE_WIDE_CATEGORIES)
         assert p.after == apply_edit(apply_edit(p.before, first), second) == apply_edit(apply_edit(p.before, second), first)
+        assert p.edit.outcomes(p.before) == (p.after, apply_edit(p.before, first), apply_edit(p.before, second))
         assert world.changes_image(apply_edit(p.before, first), p.after)  # the second part shows
         assert world.changes_image(apply_edit(p.before, second), p.after)  # and the first
         assert p.before.split == "train" and not any(world.is_heldout_combo(e) for e in (first, second))

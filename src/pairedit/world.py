@@ -369,6 +369,11 @@ class CompoundEdit:
         join = rng.choice(COMPOUND_JOINERS) if wording is None and rng is not None else COMPOUND_JOINERS[0]
         return self.first.instruction(rng, wording) + join + self.second.instruction(rng, wording)
 
+    def outcomes(self, scene: Scene) -> tuple[Scene, Scene, Scene]:
+        """The after-scenes of both edits, of the first part alone and of the second alone: what an output
+        that did both, or only one part, should look like."""
+        return apply_edit(scene, self), apply_edit(scene, self.first), apply_edit(scene, self.second)
+
 
 @dataclass(frozen=True)
 class EditType:
