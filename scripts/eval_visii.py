@@ -62,6 +62,9 @@ from pairedit.visii import VisiiConfig
 LOSSES = ("conditional", "guided")
 NOISES = ("fixed", "random")
 DEFAULT_LOSS = VisiiConfig().loss_on  # what §1–3 and §5 use: the library default
+# §6: VISII initialised otherwise than from the PEZ caption (the default, §1): "words" — the user's own
+# text, here the true instruction, as the paper's "GT" rows (Table 1); "search" — VisiiConfig.init = "search".
+OTHER_INITS = ("words", "search")
 HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
@@ -137,6 +140,7 @@ def make_units(sizes: Sizes) -> list[Unit]:
     for d in edit_directions(sizes):
         units.append(Unit("edit", "ip2p", d))
         units += [Unit("edit", f"visii-{loss}", d, loss) for loss in LOSSES]
+        units += [Unit("init", f"visii-{init}", d, DEFAULT_LOSS) for init in OTHER_INITS]
     for d in drawing_directions(sizes):
         units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d)]
     d = hybrid_direction(sizes)
@@ -173,7 +177,8 @@ class Context:
 
     def config(self, unit: Unit) -> VisiiConfig:
         return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps, loss_on=unit.loss_on,
-                           seed=self.learn_seed(unit.direction))
+                           seed=self.learn_seed(unit.direction),
+                           init="search" if unit.method == "visii-search" else "caption")
 
     def key(self, unit: Unit) -> str:
         d = unit.direction
@@ -206,8 +211,9 @@ class Context:
     def learn(self, unit: Unit):
         from pairedit.visii import learn
 
+        words = unit.direction.instruction if unit.method == "visii-words" else None
         return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], self.config(unit),
-                     model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)
+                     init_text=words, model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)
 
     def visii(self, inst, d: Direction, t: int, noise: str = "fixed", prompt: str | None = None):
         from pairedit.visii import apply
@@ -235,7 +241,7 @@ class Context:
         extra = {"init_text": inst.init_text, "final_loss": inst.losses[-1] if inst.losses else None}
         if unit.section == "edit":
             return [(t, noise, self.visii(inst, d, t, noise)) for noise in NOISES for t in range(n)], extra
-        if unit.section == "drawing":
+        if unit.section in ("drawing", "init"):
             return [(t, "fixed", self.visii(inst, d, t)) for t in range(n)], extra
         replace, _ = hybrid_words()
         return ([(t, "learned + words", self.visii(inst, d, t, prompt=replace)) for t in range(n)]
@@ -498,6 +504,49 @@ def section_noise(records: list[dict]) -> list[str]:
     return lines
 
 
+def section_init(records: list[dict]) -> list[str]:
+    lines = ["## 6. Where c_T starts: the PEZ caption, the user's words, or a search on VISII's loss", "",
+             "Same directions, example pairs, learning seeds and test seeds as §1 (fixed noise); only the text c_T "
+             "starts from differs. **caption**: a PEZ caption of the after-image (App. C; the default, §1). "
+             "**user's words**: the true instruction (its first wording) as `--init-text`, as the paper's \"GT\" "
+             "rows (Table 1) mimic a user's coarse input; InstructPix2Pix given the same words is §1's IP2P column. "
+             f"**search**: `VisiiConfig.init = \"search\"`, PEZ's projected-gradient search over whole-word tokens "
+             f"({VisiiConfig().search_steps} steps) scored by VISII's MSE term on the example pair instead of by "
+             "CLIP.", ""]
+    variants = [("caption (default)", dict(section="edit", method=f"visii-{DEFAULT_LOSS}", variant="fixed"))]
+    variants += [({"words": "user's words", "search": "search"}[i], dict(section="init", method=f"visii-{i}"))
+                 for i in OTHER_INITS]
+    per = {name: {(r["direction"], r["test"]): bool(r["scores"]["edit_success"]) for r in rows(records, **m)}
+           for name, m in variants}
+    cats = sorted({r["category"] for r in rows(records, section="edit")},
+                  key=lambda c: world.CATEGORIES.index(c) if c in world.CATEGORIES else 99)
+    body = []
+    for name, m in variants:
+        r = rows(records, **m)
+        by_cat = [fmt(mean([x for x in r if x["category"] == c], "edit_success")) for c in cats]
+        base = per[variants[0][0]]
+        common = sorted(set(base) & set(per[name]))
+        if name == variants[0][0] or not common:
+            vs = "–"
+        else:
+            a, b, p = metrics.mcnemar([per[name][k] for k in common], [base[k] for k in common])
+            vs = f"{a} vs {b}, p = {p:.2g}"
+        body.append([name, len(r), fmt(mean(r, "edit_success")), fmt(mean(r, "psnr")), *by_cat, vs])
+    lines += table(["init", "n", "edit success", "PSNR", *cats, "flipped vs caption (McNemar)"], body)
+    words, ip2p = rows(records, section="init", method="visii-words"), rows(records, section="edit", method="ip2p")
+    if words and ip2p:
+        lines += ["", f"From the user's words VISII succeeds on {mean(words, 'edit_success'):.2f} of the test images, "
+                  f"InstructPix2Pix given the same words without learning on {mean(ip2p, 'edit_success'):.2f}: the "
+                  "1,000 steps on one pair keep a good instruction good. What one pair cannot do is single the "
+                  "instruction out: a prompt can fit the example about as well as the true instruction does, by VISII's "
+                  "own loss, and still not say what to do with another scene (which of several objects to shrink "
+                  "when the example had one, say). So where c_T starts decides what is learned."]
+    inits = [(r["edit"], r.get("init_text")) for r in records if r["section"] == "init" and r["method"] == "visii-search"]
+    if inits:
+        lines += ["", "Searched inits: " + "; ".join(f"`{e}`: \"{t}\"" for e, t in inits) + "."]
+    return lines
+
+
 def paired_differences(records: list[dict], key: str) -> list[float]:
     """Fixed − random score of each (direction, test image) for the default loss: the same image both ways."""
     by = {}
@@ -589,6 +638,7 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
         *section_hybrid(records), "",
         *section_loss(records, cmp), "",
         *section_noise(records), "",
+        *section_init(records), "",
         "## Examples", "",
         "Rows: each §1 direction, each drawing style (§2: IP2P got the vague instruction; true after = the example's "
         "style), the hybrid (§3: VISII with the words, IP2P with both edits in words; true after = both edits). "

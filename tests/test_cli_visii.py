@@ -76,6 +76,17 @@ def test_learn_with_init_text_and_guided_loss(models, files, tmp_path):
     assert inst.config["loss_on"] == "guided" and inst.config["seed"] == 4 and inst.config["lambda_clip"] == 0.5
 
 
+def test_learn_with_searched_init(models, files, tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    assert main(["learn", files["before"], files["after"], "-o", str(out), "--steps", "1", "--init", "search",
+                 "--search-steps", "12", *models]) == 0
+    from pairedit.instruction import load_instruction
+
+    inst = load_instruction(out)
+    assert inst.config["init"] == "search" and inst.config["search_steps"] == 12 and inst.init_text
+    assert repr(inst.init_text) in capsys.readouterr().out
+
+
 def _fails(capsys, argv, *expected):
     code = main(argv)
     err = capsys.readouterr().err.strip()

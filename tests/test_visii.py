@@ -53,6 +53,51 @@ def test_pez_caption_initialises(tiny, pairs):
     assert inst.end > inst.start == 1
 
 
+def test_search_initialises_deterministically(tiny, pairs):
+    config = dict(init="search", search_steps=12, search_score_samples=3, search_tokens=3)
+    a = _learn(tiny, pairs[:1], steps=1, init_text=None, config=config)
+    b = _learn(tiny, pairs[:1], steps=1, init_text=None, config=config)
+    assert isinstance(a.init_text, str) and a.init_text and a.init_text == b.init_text
+    assert a.config["init"] == "search" and a.end > a.start == 1
+
+
+def test_pez_optimize_returns_the_best_scored_prompt(tiny):
+    from pairedit.pez import pez_optimize
+
+    enc, tok = tiny.ip2p.text_encoder, tiny.ip2p.tokenizer
+    scored = {}
+
+    def score(ids):  # an arbitrary but fixed score per prompt, recorded
+        key = tuple(ids[0, 1:4].tolist())
+        scored[key] = (sum(key) * 7919) % 101
+        return scored[key]
+
+    text = pez_optimize(enc.get_input_embeddings(), tok, lambda ids: enc(ids)[0].pow(2).mean(), length=16,
+                        n_tokens=3, steps=40, lr=0.5, score_fn=score, score_every=2)
+    assert len(scored) > 1  # the search moved
+    best = min(scored, key=scored.get)
+    assert text == tok.decode(list(best), skip_special_tokens=True).strip()
+
+
+@requires_bundled
+def test_word_tokens_are_whole_words():
+    from pairedit.models import load_clip
+    from pairedit.pez import word_tokens_mask
+
+    tok = load_clip("bundled")[1].tokenizer
+    mask = word_tokens_mask(tok, len(tok))
+    words = [tok.decode([i]).strip() for i in mask.nonzero().squeeze(1).tolist()]
+    assert {"circle", "red", "smaller", "remove"} <= set(words)
+    assert all(w.isalpha() and len(w) >= 2 for w in words)
+    assert tok("remove the red circle").input_ids[1:-1] == [tok.convert_tokens_to_ids(w + "</w>")
+                                                           for w in "remove the red circle".split()]
+
+
+def test_config_rejects_unknown_init():
+    with pytest.raises(UserError, match="init"):
+        visii.VisiiConfig(init="clip")
+
+
 def test_noise_table_one_noise_per_timestep(tiny, pairs):
     inst = _learn(tiny, pairs, steps=5)
     ts = inst.noise_timesteps

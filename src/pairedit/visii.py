@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ from .instruction import (
     read_safetensors,
     write_safetensors,
 )
-from .pez import image_features, pez_caption
+from .pez import Frozen, image_features, pez_caption, pez_optimize, word_tokens_mask
 from .sampling import combine_guidance, decode_latents, encode_image_condition, encode_text, ip2p_sample
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -61,6 +61,16 @@ class VisiiConfig:
     s_image: float = 1.5  # image guidance s_I (§4.1)
     caption_tokens: int = 10  # length of the PEZ caption that initialises c_T (App. C)
     caption_steps: int = 500  # PEZ optimisation steps (fewer than PEZ's 3000: it is only an init)
+    # Where c_T starts when no init text is given. "caption": a PEZ caption of the after-images, the
+    # paper's init (App. C). "search": the same PEZ search over the vocabulary, scored by this loss
+    # (λ_mse‖ε − ε̂‖² + λ_clip(1 − cos)) on the example pairs instead of by CLIP: an init that
+    # describes the edit rather than the after-image. Measured in docs/visii.md §6.
+    init: str = "caption"
+    search_steps: int = 300  # PEZ steps of init="search" (minibatches of search_batch samples)
+    search_batch: int = 4  # (pair, t, ε) samples per search step
+    search_score_samples: int = 32  # fixed (t, ε) samples per pair that rank the searched prompts
+    search_tokens: int = 10  # prompt length of init="search" (the caption's 10, App. C)
+    search_words: bool = True  # init="search" draws whole words only (pez.word_tokens_mask)
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
     # Measured on the bundled world (docs/visii.md §4, 14 held-out directions, both noises): conditional
@@ -73,6 +83,10 @@ class VisiiConfig:
     def __post_init__(self):
         if self.loss_on not in ("conditional", "guided"):
             raise UserError(f"loss_on must be 'conditional' or 'guided', got {self.loss_on!r}")
+        if self.init not in ("caption", "search"):
+            raise UserError(f"init must be 'caption' or 'search', got {self.init!r}")
+        if min(self.search_steps, self.search_batch, self.search_score_samples, self.search_tokens) < 1:
+            raise UserError("search_steps, search_batch, search_score_samples and search_tokens must be ≥ 1")
         if self.steps < 0 or self.lr <= 0 or self.caption_tokens < 1:
             raise UserError(f"need steps ≥ 0, lr > 0 and caption_tokens ≥ 1 (got steps={self.steps}, lr={self.lr}, "
                             f"caption_tokens={self.caption_tokens})")
@@ -150,6 +164,62 @@ def clip_loss(clip, cond: torch.Tensor, start: int, end: int, delta: torch.Tenso
     proj = clip.text_projection
     text = proj(cond[:, start:end].mean(dim=1).to(proj.weight.dtype)).float()
     return 1 - F.cosine_similarity(text, delta.unsqueeze(0).to(text.device), dim=-1).mean()
+
+
+def visii_loss(config: VisiiConfig, clip, eps_hat: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor, start: int,
+               end: int, delta: torch.Tensor) -> torch.Tensor:
+    """Alg. 1 l.13 (Eq. 2 + Eq. 3): λ_mse‖ε − ε̂‖² + λ_clip(1 − cos(proj(c_T), Δ))."""
+    return (config.lambda_mse * F.mse_loss(eps_hat, eps.to(eps_hat.device))
+            + config.lambda_clip * clip_loss(clip, cond, start, end, delta))
+
+
+def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], delta: torch.Tensor,
+                       config: VisiiConfig, progress: bool = False) -> str:
+    """A ``search_tokens``-token hard prompt for the edit: PEZ's search scored by VISII's loss.
+
+    Instead of the CLIP similarity to the after-image (``pez_caption``), the projected prompt is
+    scored by how well the frozen model, given it and the before-image, denoises the after-image.
+    Minibatches of random (pair, t, ε) give the gradient; a fixed set of samples, stratified over
+    [0, T) with the same noises for every prompt, ranks the prompts, so that the one returned is
+    the best on the same draws and not the luckiest.
+    """
+    from diffusers import DDPMScheduler
+
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    T = noise_schedule.config.num_train_timesteps
+    device, n = pipe.unet.device, config.search_tokens
+    g = torch.Generator().manual_seed(config.seed + 1)
+    K = config.search_score_samples
+    # The MSE term alone. With λ_clip = 0.1 the search found word salad that CLIP puts near Δ and that
+    # scored below the true instruction (bundled model, 4 held-out example pairs, 64 fixed samples:
+    # 0.075–0.144 vs 0.115–0.181); on the MSE term alone the true instruction scored lowest on all 4.
+    search_config = replace(config, lambda_clip=0.0)
+    fixed = [(k, torch.linspace(0, T - 1, K).long(), torch.randn((K, *z_y[k].shape[1:]), generator=g))
+             for k in range(len(z_y))]
+
+    def loss_on(ids, k, t, eps):
+        cond = pipe.text_encoder(ids)[0].float()
+        t = t.to(device)
+        z_t = noise_schedule.add_noise(z_y[k].expand(len(t), -1, -1, -1), eps.to(device), t)
+        x_in = torch.cat([z_t, z_x[k].expand(len(t), -1, -1, -1)], dim=1).to(pipe.unet.dtype)
+        eps_hat = pipe.unet(x_in, t, encoder_hidden_states=cond.to(pipe.unet.dtype).expand(len(t), -1, -1)).sample
+        return visii_loss(search_config, clip, eps_hat.float(), eps, cond, 1, n + 1, delta)
+
+    def minibatch_loss(ids):
+        k = int(torch.randint(len(z_y), (1,), generator=g))
+        t = torch.randint(0, T, (config.search_batch,), generator=g)
+        return loss_on(ids, k, t, torch.randn((config.search_batch, *z_y[k].shape[1:]), generator=g))
+
+    def score(ids):
+        return sum(float(loss_on(ids, k, t, eps)) for k, t, eps in fixed) / len(fixed)
+
+    embedding = pipe.text_encoder.get_input_embeddings()
+    allowed = word_tokens_mask(pipe.tokenizer, embedding.num_embeddings) if config.search_words else None
+    if allowed is not None and not allowed.any():
+        allowed = None  # a vocabulary without whole-word tokens: search all printable tokens
+    return pez_optimize(embedding, pipe.tokenizer, minibatch_loss, length=pipe.tokenizer.model_max_length,
+                        n_tokens=n, steps=config.search_steps, seed=config.seed, score_fn=score, score_every=10,
+                        allowed=allowed, progress=progress, desc="instruction search (PEZ)")
 
 
 def hybrid_conditioning(pipe, instruction: LearnedInstruction, prompt: str) -> torch.Tensor:
@@ -242,22 +312,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 # Learning (Algorithm 1)
 
 
-class _Frozen:
-    """Within the block, the models' parameters do not require grad (restored afterwards)."""
-
-    def __init__(self, *modules: torch.nn.Module):
-        self.params = [p for m in modules for p in m.parameters()]
-
-    def __enter__(self):
-        self.saved = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p, r in zip(self.params, self.saved):
-            p.requires_grad_(r)
-
-
 def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]], config: VisiiConfig | None = None,
           *, init_text: str | None = None, model_id: str | None = None, clip_id: str | None = None,
           pair_hashes: list[list[str]] | None = None, checkpoint: str | os.PathLike | None = None,
@@ -305,18 +359,7 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)  # the training (VP) noising of Alg. 1 l.11
     T = noise_schedule.config.num_train_timesteps
 
-    with _Frozen(unet, vae, pipe.text_encoder, clip):
-        # Alg. 1 l.6: Initialize c_T — a PEZ caption of the after-images (App. C), or the user's text.
-        if init_text is None:
-            init_text = pez_caption(clip, processor, afters, n_tokens=config.caption_tokens,
-                                    steps=config.caption_steps, seed=config.seed, progress=progress)
-        if ckpt is not None:
-            emb = InstructionEmbedding(ckpt["base"], header["start"], header["end"]).to(device)
-            with torch.no_grad():
-                emb.span.copy_(ckpt["span"])
-        else:
-            emb = InstructionEmbedding(*encode_instruction(pipe, init_text)).to(device)
-
+    with Frozen(unet, vae, pipe.text_encoder, clip):
         # Alg. 1 l.7: Encode z_x = E(x) (the image condition: VAE mode, unscaled, as InstructPix2Pix)
         # and z_y = E(y) (the diffusion target: VAE mode × scaling factor). Once, without grad.
         z_x = [encode_image_condition(pipe, to_tensor(b)) for b in befores]
@@ -324,6 +367,20 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
 
         # Alg. 1 l.8: Δ = mean_i E_clip(y_i) − E_clip(x_i). Once, without grad.
         delta = edit_direction(clip, processor, befores, afters)
+
+        # Alg. 1 l.6: Initialize c_T — a PEZ caption of the after-images (App. C), a PEZ search on
+        # this loss (config.init = "search"), or the user's text.
+        if init_text is None and config.init == "caption":
+            init_text = pez_caption(clip, processor, afters, n_tokens=config.caption_tokens,
+                                    steps=config.caption_steps, seed=config.seed, progress=progress)
+        elif init_text is None:
+            init_text = search_instruction(pipe, clip, z_x, z_y, delta, config, progress=progress)
+        if ckpt is not None:
+            emb = InstructionEmbedding(ckpt["base"], header["start"], header["end"]).to(device)
+            with torch.no_grad():
+                emb.span.copy_(ckpt["span"])
+        else:
+            emb = InstructionEmbedding(*encode_instruction(pipe, init_text)).to(device)
         uncond = encode_text(pipe, "")  # ∅ text for the guided loss, as the IP2P pipeline encodes it
 
         # Alg. 1 l.4: AdamW with learning rate γ, only on the <ins> span.
@@ -378,9 +435,7 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
                                                  .to(unet.dtype)).sample.float().chunk(2)
                         eps_hat = combine_guidance(eps_hat, e_img, e_none, config.s_text, config.s_image)
                     # Alg. 1 l.13: L = λ_mse‖ε − ε̂‖² + λ_clip(1 − cos(proj(c_T), Δ))
-                    loss_mse = F.mse_loss(eps_hat, eps.to(eps_hat.device))
-                    loss = config.lambda_mse * loss_mse + config.lambda_clip * clip_loss(clip, cond, emb.start,
-                                                                                          emb.end, delta)
+                    loss = visii_loss(config, clip, eps_hat, eps, cond, emb.start, emb.end, delta)
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise UserError(f"the loss became {value} at step {step + 1}; try a smaller --lr "
@@ -502,6 +557,12 @@ def add_cli(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="EDIT.safetensors", help="where to save the instruction")
     p.add_argument("--init-text", default=None,
                    help="start from these words instead of a caption of the after image(s) found by PEZ")
+    p.add_argument("--init", choices=["caption", "search"], default=d.init,
+                   help="without --init-text, start from a PEZ caption of the after image(s) (the paper's init) or "
+                        "from a PEZ search scored by how well the model makes the afters from the befores "
+                        "(default: %(default)s; compared in docs/visii.md §6)")
+    p.add_argument("--search-steps", type=int, default=d.search_steps,
+                   help="steps of the search of --init search (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps N (default: %(default)s, as the paper)")
     p.add_argument("--loss-on", choices=["conditional", "guided"], default=d.loss_on,
                    help="noise-prediction loss on the conditional prediction (paper Eq. 2) or on the guided one "
@@ -601,7 +662,8 @@ def cmd_learn(args) -> int:
         load_checkpoint(args.resume)
     hashes = [[sha256_file(b), sha256_file(a)] for b, a in zip(args.images[::2], args.images[1::2])]
     config = VisiiConfig(steps=args.steps, lr=args.lr, lambda_mse=args.lambda_mse, lambda_clip=args.lambda_clip,
-                         loss_on=args.loss_on, seed=args.seed, caption_steps=args.caption_steps)
+                         loss_on=args.loss_on, seed=args.seed, caption_steps=args.caption_steps, init=args.init,
+                         search_steps=args.search_steps)
     pipe, clip, processor = _load_models(args)
     ckpt = out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
     inst = learn(pipe, clip, processor, pairs, config, init_text=args.init_text, model_id=args.model,
