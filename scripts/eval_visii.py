@@ -142,7 +142,8 @@ def make_units(sizes: Sizes) -> list[Unit]:
         units += [Unit("edit", f"visii-{loss}", d, loss) for loss in LOSSES]
         units += [Unit("init", f"visii-{init}", d, DEFAULT_LOSS) for init in OTHER_INITS]
     for d in drawing_directions(sizes):
-        units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d)]
+        units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d),
+                  Unit("drawing", "visii-search", d, DEFAULT_LOSS)]
     d = hybrid_direction(sizes)
     units += [Unit("hybrid", "visii-hybrid", d, DEFAULT_LOSS), Unit("hybrid", "ip2p", d)]
     return units
@@ -411,14 +412,14 @@ def section_drawing(records: list[dict]) -> list[str]:
              "\"reproduces\": share of outputs assigned the example's style.", ""]
     body = []
     for style in world.DRAWING_STYLES:
-        v = [r for r in records if r["section"] == "drawing" and r["method"] == "visii" and r["target_style"] == style]
-        i = [r for r in records if r["section"] == "drawing" and r["method"] == "ip2p-vague"
-             and r["target_style"] == style]
-        vs, is_ = mean_shares(v, "fixed"), mean_shares(i, "random")
+        v, i, srch = ([r for r in records if r["section"] == "drawing" and r["method"] == m
+                       and r["target_style"] == style] for m in ("visii", "ip2p-vague", "visii-search"))
+        vs, is_, ss = mean_shares(v, "fixed"), mean_shares(i, "random"), mean_shares(srch, "fixed")
         n = len(rows(v))
         dist = ", ".join(f"{k} {x:.2f}" for k, x in vs.items())
-        body.append([style, n, fmt(vs.get(style)), fmt(is_.get(style)), dist])
-    lines += table(["example style", "n", "VISII reproduces", "IP2P lands on it", "VISII shares (all styles)"], body)
+        body.append([style, n, fmt(vs.get(style)), fmt(is_.get(style)), dist, fmt(ss.get(style)) if srch else "–"])
+    lines += table(["example style", "n", "VISII reproduces", "IP2P lands on it", "VISII shares (all styles)",
+                    "VISII, search init (§6), reproduces"], body)
     ip = mean_shares([r for r in records if r["section"] == "drawing" and r["method"] == "ip2p-vague"], "random")
     lines += ["", f"InstructPix2Pix with \"{vague}\", all {len(rows(records, method='ip2p-vague'))} photos "
               "(`metrics.style_shares`): " + ", ".join(f"{k} {x:.2f}" for k, x in ip.items())

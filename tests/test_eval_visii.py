@@ -44,7 +44,7 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     argv = tiny_argv(bundle, tmp_path)
     assert eval_visii.main(argv) == 0
     first = capsys.readouterr().out
-    assert "units (18 computed)" in first  # 2 directions × 5 + 3 styles × 2 + hybrid × 2
+    assert "units (21 computed)" in first  # 2 directions × 5 + 3 styles × 3 + hybrid × 2
     assert "RECOMMENDATION: VisiiConfig.loss_on = " in first
 
     doc = (tmp_path / "docs" / "visii.md").read_text()
@@ -54,6 +54,7 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     assert "python scripts/eval_visii.py --model" in doc and "Wall time" in doc
     assert "RECOMMENDATION" in doc and "**Criterion (does both edits):**" in doc
     assert "| recolor | 1 |" in doc and "| style | 1 |" in doc and "| **all** | 2 |" in doc
+    assert "VISII, search init (§6), reproduces" in doc
     for style in ("sketch", "ink", "watercolor"):
         assert f"| {style} | 1 |" in doc
     assert "turn the circle into a star" in doc
@@ -74,6 +75,7 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     true_words = {r["direction"]: r["instruction"] for r in by[("edit", "ip2p", "random")]}
     assert all(r["init_text"] == true_words[r["direction"]] for r in by[("init", "visii-words", "fixed")])
     assert "| user's words | 2 |" in doc and "| search | 2 |" in doc and "| caption (default) | 2 |" in doc
+    assert len(by[("drawing", "visii-search", "fixed")]) == 3
     assert len(by[("drawing", "visii", "fixed")]) == 3 and len(by[("drawing", "ip2p-vague", "random")]) == 3
     assert all(r["scores"]["nearest_style"] in ("sketch", "ink", "watercolor", "none")
                for r in by[("drawing", "visii", "fixed")])
@@ -97,11 +99,11 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     argv = tiny_argv(bundle, tmp_path)
     for i in range(2):
         assert eval_visii.main([*argv, "--shard", f"{i}/2"]) == 0
-        assert f"shard {i}/2: 9 of 18 units (9 computed)" in capsys.readouterr().out
+        assert f"shard {i}/2: {11 - i} of 21 units ({11 - i} computed)" in capsys.readouterr().out
     assert not (tmp_path / "docs" / "visii.md").exists()  # shards write no report
-    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 18
+    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 21
     assert eval_visii.main(argv) == 0
-    assert "18 units (0 computed)" in capsys.readouterr().out
+    assert "21 units (0 computed)" in capsys.readouterr().out
     assert (tmp_path / "docs" / "visii.md").exists()
 
     # A damaged record is recomputed, not trusted.
@@ -109,7 +111,7 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     victim.write_text(victim.read_text().replace('"seconds"', '"Seconds"'))
     assert eval_visii.main(argv) == 0
     captured = capsys.readouterr()
-    assert "18 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
+    assert "21 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
 
 
 def test_bad_shard_is_a_user_error(eval_visii, tmp_path, capsys):
