@@ -61,17 +61,25 @@ from pairedit.visii import VisiiConfig
 
 LOSSES = ("conditional", "guided")
 NOISES = ("fixed", "random")
-DEFAULT_LOSS = VisiiConfig().loss_on  # what §1–3 and §5 use: the library default
-# §6: VISII initialised otherwise than from the PEZ caption (the default, §1): "words" — the user's own
-# text, here the true instruction, as the paper's "GT" rows (Table 1); "search" — VisiiConfig.init = "search".
+DEFAULT_LOSS = VisiiConfig().loss_on  # what every VISII unit uses: the library default
+DEFAULT_INIT = VisiiConfig().init  # what §1–3 report first: the library default
+# The VISII unit (section, method) of each init: §4/§5 study the loss and the noise on the paper's caption
+# init; §1 reads the default init's units, §6 compares them all.
+EDIT_UNITS = {"caption": ("edit", f"visii-{DEFAULT_LOSS}"), "search": ("init", "visii-search"),
+              "words": ("init", "visii-words")}
+DRAWING_UNITS = {"caption": "visii", "search": "visii-search"}
+HYBRID_UNITS = {"caption": "visii-hybrid", "search": "visii-hybrid-search"}
+# §6: VISII initialised otherwise than from the PEZ caption (the paper's init, which §4/§5 use): "words" — the
+# user's own text, here the true instruction, as the paper's "GT" rows (Table 1); "search" — init="search".
 OTHER_INITS = ("words", "search")
 HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
 SHARE_ORDER = (*world.DRAWING_STYLES, *HYBRID_CANDIDATES, metrics.NO_STYLE)  # order of the share tables
 DEFAULTS = dict(directions_per_category=2, tests=3, style_tests=24, steps=VisiiConfig().steps,
-                caption_steps=VisiiConfig().caption_steps, sample_steps=20)
-QUICK = dict(directions_per_category=1, tests=2, style_tests=2, steps=100, caption_steps=100, sample_steps=10)
+                caption_steps=VisiiConfig().caption_steps, search_steps=VisiiConfig().search_steps, sample_steps=20)
+QUICK = dict(directions_per_category=1, tests=2, style_tests=2, steps=100, caption_steps=100, search_steps=100,
+             sample_steps=10)
 ASSETS = "visii"  # folder next to visii.md
 
 
@@ -87,6 +95,7 @@ class Sizes:
     style_tests: int  # test images of §2's drawing-style directions and §3's hybrid: one learning run each, so cheap
     steps: int  # VISII learning steps N
     caption_steps: int  # PEZ steps of the caption initialisation
+    search_steps: int  # PEZ steps of the search initialisation
     sample_steps: int  # sampling steps of VISII and IP2P
     seed: int
 
@@ -100,7 +109,7 @@ class Unit:
     """One cached piece of work: a method over all test images of one direction."""
 
     section: str  # "edit" | "drawing" | "hybrid"
-    method: str  # "ip2p", "visii-conditional", "visii-guided", "visii", "ip2p-vague", "visii-hybrid"
+    method: str  # "ip2p", "ip2p-vague", or a VISII unit of EDIT_UNITS / DRAWING_UNITS / HYBRID_UNITS
     direction: Direction
     loss_on: str | None = None  # VISII units only
 
@@ -145,7 +154,8 @@ def make_units(sizes: Sizes) -> list[Unit]:
         units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d),
                   Unit("drawing", "visii-search", d, DEFAULT_LOSS)]
     d = hybrid_direction(sizes)
-    units += [Unit("hybrid", "visii-hybrid", d, DEFAULT_LOSS), Unit("hybrid", "ip2p", d)]
+    units += [Unit("hybrid", "visii-hybrid", d, DEFAULT_LOSS), Unit("hybrid", "ip2p", d),
+              Unit("hybrid", "visii-hybrid-search", d, DEFAULT_LOSS)]
     return units
 
 
@@ -177,9 +187,10 @@ class Context:
         self.cache = Cache(args.cache)
 
     def config(self, unit: Unit) -> VisiiConfig:
-        return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps, loss_on=unit.loss_on,
+        return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps,
+                           search_steps=self.sizes.search_steps, loss_on=unit.loss_on,
                            seed=self.learn_seed(unit.direction),
-                           init="search" if unit.method == "visii-search" else "caption")
+                           init="search" if unit.method.endswith("-search") else "caption")
 
     def key(self, unit: Unit) -> str:
         d = unit.direction
@@ -378,20 +389,26 @@ def table(header: list[str], body: list[list[str]]) -> list[str]:
             *("| " + " | ".join(map(str, row)) + " |" for row in body)]
 
 
+def visii_rows(records: list[dict], init: str, **match) -> list[dict]:
+    """Per-image rows of the one-pair VISII units with c_T initialised by ``init`` (fixed noise)."""
+    section, method = EDIT_UNITS[init]
+    return rows(records, section=section, method=method, variant="fixed", **match)
+
+
 def section_edit(records: list[dict], sizes: Sizes) -> list[str]:
-    visii = f"visii-{DEFAULT_LOSS}"
     lines = ["## 1. Edit success from one example pair, per category", "",
-             f"VISII: learned from one example pair (PEZ-caption init, `loss_on={DEFAULT_LOSS!r}`, the library "
-             "default), applied with the noises recorded while learning (fixed noise, `apply`'s default). "
+             f"VISII: learned from one example pair (init `{DEFAULT_INIT!r}` and `loss_on={DEFAULT_LOSS!r}`, the "
+             "library defaults; the paper's caption init and the others are compared in §6), applied with the "
+             "noises recorded while learning (fixed noise, `apply`'s default). "
              "InstructPix2Pix: the true instruction (the edit's first wording), random noise from the same seed "
              "VISII's random-noise run uses. Edit success: the output is nearer the true after-image than the "
              "input is (pixel MSE). PSNR to the true after-image (dB); \"input\" is the unedited test image's "
              "PSNR to it (what doing nothing scores).", ""]
     body = []
     for cat in [*sizes.categories, None]:
-        match = {"section": "edit"} if cat is None else {"section": "edit", "category": cat}
-        v = rows(records, method=visii, variant="fixed", **match)
-        i = rows(records, method="ip2p", **match)
+        match = {} if cat is None else {"category": cat}
+        v = visii_rows(records, DEFAULT_INIT, **match)
+        i = rows(records, section="edit", method="ip2p", **match)
         body.append(["**all**" if cat is None else cat, len(v), fmt(mean(v, "edit_success")),
                      fmt(mean(i, "edit_success")), fmt(mean(v, "psnr")), fmt(mean(i, "psnr")),
                      fmt(mean(i, "input_psnr"))])
@@ -412,14 +429,15 @@ def section_drawing(records: list[dict]) -> list[str]:
              "\"reproduces\": share of outputs assigned the example's style.", ""]
     body = []
     for style in world.DRAWING_STYLES:
-        v, i, srch = ([r for r in records if r["section"] == "drawing" and r["method"] == m
-                       and r["target_style"] == style] for m in ("visii", "ip2p-vague", "visii-search"))
-        vs, is_, ss = mean_shares(v, "fixed"), mean_shares(i, "random"), mean_shares(srch, "fixed")
+        v, i, cap = ([r for r in records if r["section"] == "drawing" and r["method"] == m
+                      and r["target_style"] == style] for m in (DRAWING_UNITS[DEFAULT_INIT], "ip2p-vague",
+                                                                DRAWING_UNITS["caption"]))
+        vs, is_, cs = mean_shares(v, "fixed"), mean_shares(i, "random"), mean_shares(cap, "fixed")
         n = len(rows(v))
         dist = ", ".join(f"{k} {x:.2f}" for k, x in vs.items())
-        body.append([style, n, fmt(vs.get(style)), fmt(is_.get(style)), dist, fmt(ss.get(style)) if srch else "–"])
-    lines += table(["example style", "n", "VISII reproduces", "IP2P lands on it", "VISII shares (all styles)",
-                    "VISII, search init (§6), reproduces"], body)
+        body.append([style, n, fmt(vs.get(style)), fmt(is_.get(style)), dist, fmt(cs.get(style))])
+    lines += table(["example style", "n", f"VISII reproduces (init `{DEFAULT_INIT}`)", "IP2P lands on it",
+                    "VISII shares (all styles)", "VISII with the caption init (paper) reproduces"], body)
     ip = mean_shares([r for r in records if r["section"] == "drawing" and r["method"] == "ip2p-vague"], "random")
     lines += ["", f"InstructPix2Pix with \"{vague}\", all {len(rows(records, method='ip2p-vague'))} photos "
               "(`metrics.style_shares`): " + ", ".join(f"{k} {x:.2f}" for k, x in ip.items())
@@ -443,14 +461,14 @@ def section_hybrid(records: list[dict]) -> list[str]:
              "all; one trained on single edits rarely does (compound instructions: [models.md](models.md), "
              "session 14).", ""]
     body = []
-    for method, variant, words in (("visii-hybrid", "learned + words", f"`<ins>` + \"{replace}\""),
-                                   ("visii-hybrid", "learned only", "`<ins>` alone"),
-                                   ("ip2p", "both in words", f"\"{both_words}\""),
-                                   ("ip2p", "replace words", f"\"{replace}\"")):
+    order = (DEFAULT_INIT, *(i for i in HYBRID_UNITS if i != DEFAULT_INIT))
+    plan = [(HYBRID_UNITS[i], variant, words, f"VISII, init `{i}`") for i in order
+            for variant, words in (("learned + words", f"`<ins>` + \"{replace}\""), ("learned only", "`<ins>` alone"))]
+    plan += [("ip2p", "both in words", f"\"{both_words}\"", "IP2P"), ("ip2p", "replace words", f"\"{replace}\"", "IP2P")]
+    for method, variant, words, name in plan:
         rec = [r for r in records if r["section"] == "hybrid" and r["method"] == method]
         sh = mean_shares(rec, variant)
         im = rows(rec, variant=variant)
-        name = "VISII" if method.startswith("visii") else "IP2P"
         body.append([name, words, len(im), *(fmt(sh.get(k)) for k in (*HYBRID_CANDIDATES, metrics.NO_STYLE)),
                      fmt(mean(im, "psnr"))])
     lines += table(["method", "instruction", "n", "both (criterion)", "style only", "replace only", "none (input)",
@@ -460,8 +478,8 @@ def section_hybrid(records: list[dict]) -> list[str]:
 
 def section_loss(records: list[dict], cmp: dict) -> list[str]:
     lines = ["## 4. `loss_on`: conditional (paper Eq. 2) vs guided (reference implementation)", "",
-             "Same directions, example pairs, PEZ captions, learning seeds (timesteps and noises) and test seeds; "
-             "only the prediction the MSE loss is taken on differs.", ""]
+             "Same directions, example pairs, PEZ captions (the paper's caption init), learning seeds (timesteps and "
+             "noises) and test seeds; only the prediction the MSE loss is taken on differs.", ""]
     body = []
     for loss in LOSSES:
         for noise in NOISES:
@@ -480,9 +498,9 @@ def section_loss(records: list[dict], cmp: dict) -> list[str]:
 def section_noise(records: list[dict]) -> list[str]:
     img, vis = metrics.METRIC_NAMES["clip_image_similarity"], metrics.METRIC_NAMES["visual_clip_similarity"]
     lines = ["## 5. Fixed vs random noise (VISII §5 \"Noises\")", "",
-             "The same learned instructions applied with the noises recorded while learning (fixed) or fresh noise "
-             f"from the test seed (random). {img}: cos(E(input), E(output)) with the bundled CLIP — how much of the "
-             f"input is kept; {vis}: does the test image change the way the example pair does.", ""]
+             "§4's learned instructions (caption init) applied with the noises recorded while learning (fixed) or "
+             f"fresh noise from the test seed (random). {img}: cos(E(input), E(output)) with the bundled CLIP — how "
+             f"much of the input is kept; {vis}: does the test image change the way the example pair does.", ""]
     body = []
     for loss in LOSSES:
         for noise in NOISES:
@@ -508,22 +526,22 @@ def section_noise(records: list[dict]) -> list[str]:
 def section_init(records: list[dict]) -> list[str]:
     lines = ["## 6. Where c_T starts: the PEZ caption, the user's words, or a search on VISII's loss", "",
              "Same directions, example pairs, learning seeds and test seeds as §1 (fixed noise); only the text c_T "
-             "starts from differs. **caption**: a PEZ caption of the after-image (App. C; the default, §1). "
+             "starts from differs. **caption**: a PEZ caption of the after-image (the paper's init, App. C; §4 and §5 use "
+             "it). "
              "**user's words**: the true instruction (its first wording) as `--init-text`, as the paper's \"GT\" "
              "rows (Table 1) mimic a user's coarse input; InstructPix2Pix given the same words is §1's IP2P column. "
-             f"**search**: `VisiiConfig.init = \"search\"`, PEZ's projected-gradient search over whole-word tokens "
-             f"({VisiiConfig().search_steps} steps) scored by VISII's MSE term on the example pair instead of by "
+             "**search**: `VisiiConfig.init = \"search\"`, PEZ's projected-gradient search over whole-word tokens "
+             "(the search steps are in the sizes above) scored by VISII's MSE term on the example pair instead of by "
              "CLIP.", ""]
-    variants = [("caption (default)", dict(section="edit", method=f"visii-{DEFAULT_LOSS}", variant="fixed"))]
-    variants += [({"words": "user's words", "search": "search"}[i], dict(section="init", method=f"visii-{i}"))
-                 for i in OTHER_INITS]
-    per = {name: {(r["direction"], r["test"]): bool(r["scores"]["edit_success"]) for r in rows(records, **m)}
-           for name, m in variants}
+    names = {"caption": "caption (paper)", "words": "user's words", "search": "search"}
+    variants = [(names[i] + (" (default)" if i == DEFAULT_INIT else ""), i) for i in ("caption", "words", "search")]
+    per = {name: {(r["direction"], r["test"]): bool(r["scores"]["edit_success"]) for r in visii_rows(records, i)}
+           for name, i in variants}
     cats = sorted({r["category"] for r in rows(records, section="edit")},
                   key=lambda c: world.CATEGORIES.index(c) if c in world.CATEGORIES else 99)
     body = []
-    for name, m in variants:
-        r = rows(records, **m)
+    for name, i in variants:
+        r = visii_rows(records, i)
         by_cat = [fmt(mean([x for x in r if x["category"] == c], "edit_success")) for c in cats]
         base = per[variants[0][0]]
         common = sorted(set(base) & set(per[name]))
@@ -563,12 +581,15 @@ def grid_plan(records: list[dict]) -> list[tuple]:
     plan = []
     for r in records:
         if r["section"] == "edit" and r["method"] == "ip2p":
-            plan.append((r["edit"], by[("edit", r["direction"], f"visii-{DEFAULT_LOSS}")], "fixed", r, "random", None))
+            section, method = EDIT_UNITS[DEFAULT_INIT]
+            plan.append((r["edit"], by[(section, r["direction"], method)], "fixed", r, "random", None))
         elif r["section"] == "drawing" and r["method"] == "ip2p-vague":
-            plan.append((r["edit"], by[("drawing", r["direction"], "visii")], "fixed", r, "random", None))
+            plan.append((r["edit"], by[("drawing", r["direction"], DRAWING_UNITS[DEFAULT_INIT])], "fixed", r, "random",
+                         None))
         elif r["section"] == "hybrid" and r["method"] == "ip2p":
             plan.append(("hybrid: +" + HYBRID_REPLACE.type.removeprefix("replace_"),
-                         by[("hybrid", r["direction"], "visii-hybrid")], "learned + words", r, "both in words", "both"))
+                         by[("hybrid", r["direction"], HYBRID_UNITS[DEFAULT_INIT])], "learned + words", r,
+                         "both in words", "both"))
     return plan
 
 
@@ -607,7 +628,7 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
     assets.mkdir(parents=True, exist_ok=True)
     cmp = loss_comparison(records)
     results = {"command": command, "sizes": asdict(sizes), "models": asdict(ctx.names), "fingerprints": ctx.fingerprints,
-               "default_loss_on": DEFAULT_LOSS, "loss_comparison": cmp,
+               "default_loss_on": DEFAULT_LOSS, "default_init": DEFAULT_INIT, "loss_comparison": cmp,
                "rows": [{k: v for k, v in r.items() if k != "key"} for r in rows(records)],
                "shares": [{"section": r["section"], "method": r["method"], "direction": r["direction"],
                            "target_style": r["target_style"], "shares": r["shares"]} for r in records if r["shares"]]}
@@ -626,7 +647,8 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
         f"- Sizes: {n_edit} held-out directions ({sizes.directions_per_category} per category × "
         f"{len(sizes.categories)} categories: {', '.join(sizes.categories)}), 1 example pair and {sizes.tests} test "
         f"image(s) each; 3 drawing-style directions and 1 hybrid direction of {sizes.style_tests} test image(s); VISII "
-        f"{sizes.steps} learning steps (paper: 1000), PEZ caption init {sizes.caption_steps} steps; "
+        f"{sizes.steps} learning steps (paper: 1000), PEZ caption init {sizes.caption_steps} steps, search init "
+        f"{sizes.search_steps} steps; "
         f"{sizes.sample_steps} Euler-ancestral sampling steps, s_T = 7.5, s_I = 1.5; seed {sizes.seed}.",
         f"- Wall time of this invocation: {wall:.0f} s ({computed} of {len(records)} units computed, the rest read "
         f"from the cache); compute time of all units: {unit_seconds:.0f} s.",
@@ -666,6 +688,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--caption-steps", type=int, default=None,
                    help=f"PEZ steps of the caption init (default: {DEFAULTS['caption_steps']}; --quick: "
                         f"{QUICK['caption_steps']})")
+    p.add_argument("--search-steps", type=int, default=None,
+                   help=f"PEZ steps of the search init (default: {DEFAULTS['search_steps']}; --quick: "
+                        f"{QUICK['search_steps']})")
     p.add_argument("--sample-steps", type=int, default=None,
                    help=f"sampling steps of VISII and IP2P (default: {DEFAULTS['sample_steps']}; --quick: "
                         f"{QUICK['sample_steps']})")

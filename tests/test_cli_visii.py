@@ -35,7 +35,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def learned(models, files, tmp_path_factory):
     out = tmp_path_factory.mktemp("learned") / "edit.safetensors"
-    code = main(["learn", files["before"], files["after"], "-o", str(out), "--steps", "2", "--caption-steps", "5",
+    code = main(["learn", files["before"], files["after"], "-o", str(out), "--steps", "2", "--search-steps", "12",
                  *models])
     assert code == 0 and out.exists()
     return out
@@ -46,6 +46,7 @@ def test_learn_then_apply(models, files, learned, tmp_path, capsys):
 
     inst = load_instruction(learned)
     assert inst.model_id == models[1] and len(inst.losses) == 2 and inst.init_text
+    assert inst.config["init"] == "search" and inst.config["search_steps"] == 12  # the default init
     assert len(inst.pair_hashes) == 1 and len(inst.pair_hashes[0][0]) == 64
     out = tmp_path / "out"
     code = main(["apply", str(learned), files["test"], files["before"], "-o", str(out), "--steps", "3",
@@ -76,14 +77,14 @@ def test_learn_with_init_text_and_guided_loss(models, files, tmp_path):
     assert inst.config["loss_on"] == "guided" and inst.config["seed"] == 4 and inst.config["lambda_clip"] == 0.5
 
 
-def test_learn_with_searched_init(models, files, tmp_path, capsys):
-    out = tmp_path / "s.safetensors"
-    assert main(["learn", files["before"], files["after"], "-o", str(out), "--steps", "1", "--init", "search",
-                 "--search-steps", "12", *models]) == 0
+def test_learn_with_the_caption_init(models, files, tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    assert main(["learn", files["before"], files["after"], "-o", str(out), "--steps", "1", "--init", "caption",
+                 "--caption-steps", "5", *models]) == 0
     from pairedit.instruction import load_instruction
 
     inst = load_instruction(out)
-    assert inst.config["init"] == "search" and inst.config["search_steps"] == 12 and inst.init_text
+    assert inst.config["init"] == "caption" and inst.config["caption_steps"] == 5 and inst.init_text
     assert repr(inst.init_text) in capsys.readouterr().out
 
 

@@ -141,3 +141,24 @@ def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):
         assert (res["only_old"], res["only_new"]) == (1, 5)
         assert res["p"] == pytest.approx(2 * (1 + 6) / 2**6)  # exact two-sided: 2·P(X ≤ 1), X ~ Bin(6, 1/2)
         assert res["old_edit_success"] == pytest.approx(2 / 7) and res["new_edit_success"] == pytest.approx(6 / 7)
+
+
+def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
+    """scripts/compare_inits.py: both inits on every direction of a shard, then the merged McNemar summary."""
+    compare = load_script("compare_inits")
+    common = ["--seed", "1", "--model", str(Path(model_dirs["ip2p"]).parent), "--categories", "recolor,style",
+              "--directions-per-category", "1", "--tests", "2", "--steps", "2", "--caption-steps", "2",
+              "--search-steps", "3", "--sample-steps", "2"]
+    for i in range(2):
+        assert compare.main([*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"{i}.json")]) == 0
+    assert compare.main(["--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json"),
+                         "--out", str(tmp_path / "all.json")]) == 0
+    result = json.loads((tmp_path / "all.json").read_text())
+    assert result["seed"] == 1 and len(result["rows"]) == 4  # 2 directions × 2 inits
+    assert {r["init"] for r in result["rows"]} == {"caption", "search"}
+    assert all(len(r["success"]) == 2 for r in result["rows"])
+    s = result["summary"]
+    assert s["n"] == 4 and 0 <= s["p"] <= 1
+    by = {(r["direction"], r["init"]): r["success"] for r in result["rows"]}
+    assert s["only_search"] == sum(a and not b for d in {r["direction"] for r in result["rows"]}
+                                   for a, b in zip(by[(d, "search")], by[(d, "caption")]))

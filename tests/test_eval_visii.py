@@ -36,7 +36,8 @@ def bundle(tiny_bundle):
 def tiny_argv(bundle, tmp: Path) -> list[str]:
     return ["--model", str(bundle), "--categories", "recolor,style", "--directions-per-category", "1", "--tests", "1",
             "--style-tests", "1",
-            "--steps", "2", "--caption-steps", "2", "--sample-steps", "2", "--out", str(tmp / "docs"),
+            "--steps", "2", "--caption-steps", "2", "--search-steps", "3", "--sample-steps", "2",
+            "--out", str(tmp / "docs"),
             "--cache", str(tmp / "cache"), "--no-progress"]
 
 
@@ -44,7 +45,7 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     argv = tiny_argv(bundle, tmp_path)
     assert eval_visii.main(argv) == 0
     first = capsys.readouterr().out
-    assert "units (21 computed)" in first  # 2 directions × 5 + 3 styles × 3 + hybrid × 2
+    assert "units (22 computed)" in first  # 2 directions × 5 + 3 styles × 3 + hybrid × 3
     assert "RECOMMENDATION: VisiiConfig.loss_on = " in first
 
     doc = (tmp_path / "docs" / "visii.md").read_text()
@@ -54,13 +55,15 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     assert "python scripts/eval_visii.py --model" in doc and "Wall time" in doc
     assert "RECOMMENDATION" in doc and "**Criterion (does both edits):**" in doc
     assert "| recolor | 1 |" in doc and "| style | 1 |" in doc and "| **all** | 2 |" in doc
-    assert "VISII, search init (§6), reproduces" in doc
+    assert "VISII with the caption init (paper) reproduces" in doc
+    assert "| VISII, init `search` |" in doc and "| VISII, init `caption` |" in doc  # §3, both inits
     for style in ("sketch", "ink", "watercolor"):
         assert f"| {style} | 1 |" in doc
     assert "turn the circle into a star" in doc
 
     results = json.loads((tmp_path / "docs" / "visii" / "results.json").read_text())
-    assert results["sizes"]["steps"] == 2 and results["loss_comparison"]["n"] == 4
+    assert results["sizes"]["steps"] == 2 and results["sizes"]["search_steps"] == 3
+    assert results["loss_comparison"]["n"] == 4
     by = {}
     for row in results["rows"]:
         by.setdefault((row["section"], row["method"], row["variant"]), []).append(row)
@@ -74,7 +77,7 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
         assert len(by[("init", f"visii-{init}", "fixed")]) == 2
     true_words = {r["direction"]: r["instruction"] for r in by[("edit", "ip2p", "random")]}
     assert all(r["init_text"] == true_words[r["direction"]] for r in by[("init", "visii-words", "fixed")])
-    assert "| user's words | 2 |" in doc and "| search | 2 |" in doc and "| caption (default) | 2 |" in doc
+    assert "| user's words | 2 |" in doc and "| search (default) | 2 |" in doc and "| caption (paper) | 2 |" in doc
     assert len(by[("drawing", "visii-search", "fixed")]) == 3
     assert len(by[("drawing", "visii", "fixed")]) == 3 and len(by[("drawing", "ip2p-vague", "random")]) == 3
     assert all(r["scores"]["nearest_style"] in ("sketch", "ink", "watercolor", "none")
@@ -99,11 +102,11 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     argv = tiny_argv(bundle, tmp_path)
     for i in range(2):
         assert eval_visii.main([*argv, "--shard", f"{i}/2"]) == 0
-        assert f"shard {i}/2: {11 - i} of 21 units ({11 - i} computed)" in capsys.readouterr().out
+        assert f"shard {i}/2: 11 of 22 units (11 computed)" in capsys.readouterr().out
     assert not (tmp_path / "docs" / "visii.md").exists()  # shards write no report
-    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 21
+    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 22
     assert eval_visii.main(argv) == 0
-    assert "21 units (0 computed)" in capsys.readouterr().out
+    assert "22 units (0 computed)" in capsys.readouterr().out
     assert (tmp_path / "docs" / "visii.md").exists()
 
     # A damaged record is recomputed, not trusted.
@@ -111,7 +114,7 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     victim.write_text(victim.read_text().replace('"seconds"', '"Seconds"'))
     assert eval_visii.main(argv) == 0
     captured = capsys.readouterr()
-    assert "21 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
+    assert "22 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
 
 
 def test_bad_shard_is_a_user_error(eval_visii, tmp_path, capsys):

@@ -48,7 +48,8 @@ def test_learning_leaves_models_untouched(tiny, pairs):
 
 
 def test_pez_caption_initialises(tiny, pairs):
-    inst = _learn(tiny, pairs[:1], steps=1, init_text=None, config=dict(caption_steps=10, caption_tokens=4))
+    inst = _learn(tiny, pairs[:1], steps=1, init_text=None, config=dict(init="caption", caption_steps=10,
+                                                                      caption_tokens=4))
     assert isinstance(inst.init_text, str) and inst.init_text
     assert inst.end > inst.start == 1
 
