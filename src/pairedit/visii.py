@@ -323,10 +323,11 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
     """Learn the edit shown by ``pairs`` [(before, after), ...] as an instruction for ``pipe``.
 
     ``pipe`` is a frozen InstructPix2Pix pipeline, ``clip``/``processor`` the CLIP model of the
-    CLIP loss and caption search. ``init_text`` starts c_T from the user's words instead of a PEZ
-    caption of the after-images. On Ctrl-C the state is written to ``checkpoint`` (when given)
-    and the KeyboardInterrupt re-raised; ``resume`` continues from such a file and gives the same
-    result as an uninterrupted run (its config is used, except ``steps``, which may extend it).
+    CLIP loss and caption search. ``init_text`` starts c_T from the user's words instead of from
+    ``config.init`` (a word search on the pairs, or a PEZ caption of the after-images). On Ctrl-C
+    the state is written to ``checkpoint`` (when given) and the KeyboardInterrupt re-raised;
+    ``resume`` continues from such a file and gives the same result as an uninterrupted run (its
+    config is used, except ``steps``, which may extend it).
     ``callback(step, loss)`` runs after each completed step.
 
     Noise table rule: each step records its noise under its timestep; when a timestep is drawn
@@ -559,7 +560,7 @@ def add_cli(sub) -> None:
                    help="image files, in pairs: before1 after1 [before2 after2 ...]")
     p.add_argument("-o", "--output", required=True, metavar="EDIT.safetensors", help="where to save the instruction")
     p.add_argument("--init-text", default=None,
-                   help="start from these words instead of a caption of the after image(s) found by PEZ")
+                   help="start from these words (a rough description of the edit) instead of from --init")
     p.add_argument("--init", choices=["caption", "search"], default=d.init,
                    help="without --init-text, start from a PEZ caption of the after image(s) (the paper's init) or "
                         "from a PEZ search scored by how well the model makes the afters from the befores "
