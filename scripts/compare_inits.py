@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import eval_visii as ev  # noqa: E402  (the sibling script: directions, units, configs, seeds)
 
-INITS = {"caption": "visii-conditional", "search": "visii-search"}
+INITS = ("caption", "search")  # keys of eval_visii.EDIT_UNITS
 
 
 def run(seed: int, shard: tuple[int, int], eval_args: list[str]) -> list[dict]:
@@ -32,9 +32,9 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str]) -> list[dict]:
     ctx = ev.Context(args, sizes)
     rows = []
     for d in ev.edit_directions(sizes)[shard[0]::shard[1]]:
-        for init, method in INITS.items():
+        for init in INITS:
             t0 = time.perf_counter()
-            inst = ctx.learn(ev.Unit("edit", method, d, ev.DEFAULT_LOSS))
+            inst = ctx.learn(ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS))
             success = []
             for t in range(len(d.tests)):
                 out = ctx.visii(inst, d, t, "fixed")

@@ -63,15 +63,13 @@ LOSSES = ("conditional", "guided")
 NOISES = ("fixed", "random")
 DEFAULT_LOSS = VisiiConfig().loss_on  # what every VISII unit uses: the library default
 DEFAULT_INIT = VisiiConfig().init  # what §1–3 report first: the library default
-# The VISII unit (section, method) of each init: §4/§5 study the loss and the noise on the paper's caption
-# init; §1 reads the default init's units, §6 compares them all.
-EDIT_UNITS = {"caption": ("edit", f"visii-{DEFAULT_LOSS}"), "search": ("init", "visii-search"),
-              "words": ("init", "visii-words")}
+# The one-pair VISII unit (section, method) of each init. "caption": the paper's PEZ caption, the units §4/§5
+# study the loss and the noise on; "words": the user's own text, here the true instruction, as the paper's "GT"
+# rows (Table 1); "search": init="search". §1 reads the default init's units, §6 compares them all.
+EDIT_UNITS = {"caption": ("edit", f"visii-{DEFAULT_LOSS}"), "words": ("init", "visii-words"),
+              "search": ("init", "visii-search")}
 DRAWING_UNITS = {"caption": "visii", "search": "visii-search"}
 HYBRID_UNITS = {"caption": "visii-hybrid", "search": "visii-hybrid-search"}
-# §6: VISII initialised otherwise than from the PEZ caption (the paper's init, which §4/§5 use): "words" — the
-# user's own text, here the true instruction, as the paper's "GT" rows (Table 1); "search" — init="search".
-OTHER_INITS = ("words", "search")
 HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
@@ -149,7 +147,8 @@ def make_units(sizes: Sizes) -> list[Unit]:
     for d in edit_directions(sizes):
         units.append(Unit("edit", "ip2p", d))
         units += [Unit("edit", f"visii-{loss}", d, loss) for loss in LOSSES]
-        units += [Unit("init", f"visii-{init}", d, DEFAULT_LOSS) for init in OTHER_INITS]
+        units += [Unit(section, method, d, DEFAULT_LOSS) for section, method in EDIT_UNITS.values()
+                  if section == "init"]
     for d in drawing_directions(sizes):
         units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d),
                   Unit("drawing", "visii-search", d, DEFAULT_LOSS)]
@@ -223,7 +222,7 @@ class Context:
     def learn(self, unit: Unit):
         from pairedit.visii import learn
 
-        words = unit.direction.instruction if unit.method == "visii-words" else None
+        words = unit.direction.instruction if (unit.section, unit.method) == EDIT_UNITS["words"] else None
         return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], self.config(unit),
                      init_text=words, model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)
 
@@ -535,24 +534,25 @@ def section_init(records: list[dict]) -> list[str]:
              "CLIP.", ""]
     names = {"caption": "caption (paper)", "words": "user's words", "search": "search"}
     variants = [(names[i] + (" (default)" if i == DEFAULT_INIT else ""), i) for i in ("caption", "words", "search")]
-    per = {name: {(r["direction"], r["test"]): bool(r["scores"]["edit_success"]) for r in visii_rows(records, i)}
-           for name, i in variants}
+    by_init = {i: visii_rows(records, i) for _, i in variants}
+    success = {i: {(r["direction"], r["test"]): bool(r["scores"]["edit_success"]) for r in by_init[i]}
+               for _, i in variants}
     cats = sorted({r["category"] for r in rows(records, section="edit")},
                   key=lambda c: world.CATEGORIES.index(c) if c in world.CATEGORIES else 99)
     body = []
+    base = success["caption"]
     for name, i in variants:
-        r = visii_rows(records, i)
+        r = by_init[i]
         by_cat = [fmt(mean([x for x in r if x["category"] == c], "edit_success")) for c in cats]
-        base = per[variants[0][0]]
-        common = sorted(set(base) & set(per[name]))
-        if name == variants[0][0] or not common:
+        common = sorted(set(base) & set(success[i]))
+        if i == "caption" or not common:
             vs = "–"
         else:
-            a, b, p = metrics.mcnemar([per[name][k] for k in common], [base[k] for k in common])
+            a, b, p = metrics.mcnemar([success[i][k] for k in common], [base[k] for k in common])
             vs = f"{a} vs {b}, p = {p:.2g}"
         body.append([name, len(r), fmt(mean(r, "edit_success")), fmt(mean(r, "psnr")), *by_cat, vs])
     lines += table(["init", "n", "edit success", "PSNR", *cats, "flipped vs caption (McNemar)"], body)
-    words, ip2p = rows(records, section="init", method="visii-words"), rows(records, section="edit", method="ip2p")
+    words, ip2p = by_init["words"], rows(records, section="edit", method="ip2p")
     if words and ip2p:
         lines += ["", f"From the user's words VISII succeeds on {mean(words, 'edit_success'):.2f} of the test images, "
                   f"InstructPix2Pix given the same words without learning on {mean(ip2p, 'edit_success'):.2f}: the "
@@ -560,7 +560,7 @@ def section_init(records: list[dict]) -> list[str]:
                   "instruction out: a prompt can fit the example about as well as the true instruction does, by VISII's "
                   "own loss, and still not say what to do with another scene (which of several objects to shrink "
                   "when the example had one, say). So where c_T starts decides what is learned."]
-    inits = [(r["edit"], r.get("init_text")) for r in records if r["section"] == "init" and r["method"] == "visii-search"]
+    inits = [(r["edit"], r.get("init_text")) for r in records if (r["section"], r["method"]) == EDIT_UNITS["search"]]
     if inits:
         lines += ["", "Searched inits: " + "; ".join(f"`{e}`: \"{t}\"" for e, t in inits) + "."]
     return lines

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -341,3 +342,17 @@ def fingerprint(*modules: torch.nn.Module) -> str:
             h.update(f"{name}:{tuple(t.shape)}".encode())
             h.update(torch.cat([flat[:1024], flat[-1024:]]).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@contextmanager
+def frozen(*modules: torch.nn.Module):
+    """Within the block, the modules' parameters do not require grad (restored afterwards)."""
+    params = [p for m in modules for p in m.parameters()]
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .models import frozen
+
 
 def features(out) -> torch.Tensor:
     """The projected features of ``CLIPModel.get_{image,text}_features`` (a tensor, or in
@@ -75,7 +77,7 @@ def pez_caption(clip, processor, images: list[Image.Image] | Image.Image, n_toke
         text = F.normalize(features(clip.get_text_features(input_ids=ids)).float(), dim=-1)
         return 1 - (text * target.to(text.device)).sum()
 
-    with Frozen(clip):
+    with frozen(clip):
         return pez_optimize(clip.text_model.embeddings.token_embedding, processor.tokenizer, loss,
                             length=min(processor.tokenizer.model_max_length,
                                        clip.config.text_config.max_position_embeddings),
@@ -144,19 +146,20 @@ def pez_optimize(embedding: torch.nn.Embedding, tokenizer, loss_fn: Callable[[to
                 loss = loss_fn(ids.to(vocab.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-            value = float(loss.detach())
+            # The prompt's rank: this loss, or for a noisy loss its memoised fixed-sample score.
+            rank = float(loss.detach()) if score_fn is None else None
             if score_fn is not None and step % score_every == 0:
                 key = tuple(proj_ids.tolist())
                 if key not in scores:
                     with torch.no_grad():
                         scores[key] = float(score_fn(ids.to(vocab.device)))
-                value = scores[key]
-            if value < best and (score_fn is None or step % score_every == 0):
-                best, best_ids = value, proj_ids.clone()
+                rank = scores[key]
+            if rank is not None and rank < best:
+                best, best_ids = rank, proj_ids.clone()
             opt.step()
             if bar:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     finally:
         hook.remove()
         if bar:
@@ -164,18 +167,3 @@ def pez_optimize(embedding: torch.nn.Embedding, tokenizer, loss_fn: Callable[[to
     # The best projected prompt, as text.
     return tokenizer.decode(best_ids.tolist(), skip_special_tokens=True).strip()
 
-
-class Frozen:
-    """Within the block, the modules' parameters do not require grad (restored afterwards)."""
-
-    def __init__(self, *modules: torch.nn.Module):
-        self.params = [p for m in modules for p in m.parameters()]
-
-    def __enter__(self):
-        self.saved = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p, r in zip(self.params, self.saved):
-            p.requires_grad_(r)

@@ -42,7 +42,8 @@ from .instruction import (
     read_safetensors,
     write_safetensors,
 )
-from .pez import Frozen, image_features, pez_caption, pez_optimize, word_tokens_mask
+from .models import frozen
+from .pez import image_features, pez_caption, pez_optimize, word_tokens_mask
 from .sampling import combine_guidance, decode_latents, encode_image_condition, encode_text, ip2p_sample
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -200,8 +201,7 @@ def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[to
     fixed = [(k, torch.linspace(0, T - 1, K).long(), torch.randn((K, *z_y[k].shape[1:]), generator=g))
              for k in range(len(z_y))]
 
-    def loss_on(ids, k, t, eps):
-        cond = pipe.text_encoder(ids)[0].float()
+    def loss_on(cond, k, t, eps):
         t = t.to(device)
         z_t = noise_schedule.add_noise(z_y[k].expand(len(t), -1, -1, -1), eps.to(device), t)
         x_in = torch.cat([z_t, z_x[k].expand(len(t), -1, -1, -1)], dim=1).to(pipe.unet.dtype)
@@ -211,10 +211,12 @@ def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[to
     def minibatch_loss(ids):
         k = int(torch.randint(len(z_y), (1,), generator=g))
         t = torch.randint(0, T, (config.search_batch,), generator=g)
-        return loss_on(ids, k, t, torch.randn((config.search_batch, *z_y[k].shape[1:]), generator=g))
+        eps = torch.randn((config.search_batch, *z_y[k].shape[1:]), generator=g)
+        return loss_on(pipe.text_encoder(ids)[0].float(), k, t, eps)
 
     def score(ids):
-        return sum(float(loss_on(ids, k, t, eps)) for k, t, eps in fixed) / len(fixed)
+        cond = pipe.text_encoder(ids)[0].float()
+        return sum(float(loss_on(cond, k, t, eps)) for k, t, eps in fixed) / len(fixed)
 
     embedding = pipe.text_encoder.get_input_embeddings()
     allowed = word_tokens_mask(pipe.tokenizer, embedding.num_embeddings) if config.search_words else None
@@ -363,7 +365,7 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)  # the training (VP) noising of Alg. 1 l.11
     T = noise_schedule.config.num_train_timesteps
 
-    with Frozen(unet, vae, pipe.text_encoder, clip):
+    with frozen(unet, vae, pipe.text_encoder, clip):
         # Alg. 1 l.7: Encode z_x = E(x) (the image condition: VAE mode, unscaled, as InstructPix2Pix)
         # and z_y = E(y) (the diffusion target: VAE mode × scaling factor). Once, without grad.
         z_x = [encode_image_condition(pipe, to_tensor(b)) for b in befores]
