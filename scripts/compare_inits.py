@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from pairedit.bench.suite import shard_of
+
 sys.path.insert(0, str(Path(__file__).parent))
 import eval_visii as ev  # noqa: E402  (the sibling script: directions, units, configs, seeds)
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         rows, seed = [r for part in parts for r in part["rows"]], parts[0]["seed"]
     else:
-        rows, seed = run(args.seed, ev.shard_of(args.shard), eval_args), args.seed
+        rows, seed = run(args.seed, shard_of(args.shard), eval_args), args.seed
     result = {"seed": seed, "summary": summary(rows), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"]))

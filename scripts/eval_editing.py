@@ -6,6 +6,11 @@ Writes OUT/editing.md, with its plots and raw numbers in OUT/editing/ (``--out d
     OMP_NUM_THREADS=2 python scripts/eval_editing.py --quick         # 8 pairs, fewer settings
     python scripts/eval_editing.py --ip2p PATH/ip2p --sd PATH/sd --clip PATH/clip --n 16 --out /tmp/edit
 
+    # two cores: one shard per core (each pair's settings in one process), then the report
+    OMP_NUM_THREADS=1 python scripts/eval_editing.py --shard 0/2 &
+    OMP_NUM_THREADS=1 python scripts/eval_editing.py --shard 1/2; wait
+    OMP_NUM_THREADS=1 python scripts/eval_editing.py
+
 On held-out world edit pairs (instruction, before/after captions and the true after-image all known),
 each method is swept over the setting that trades fidelity to the input against the strength of the edit,
 as in InstructPix2Pix Fig. 8:
@@ -32,7 +37,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pairedit import metrics, models
+from pairedit.bench.suite import shard_of
 from pairedit.editing import EditConfig, SDEditConfig, ip2p_edit, resolution, sdedit
+from pairedit.errors import UserError
 from pairedit.images import atomic_write, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -105,20 +112,23 @@ def sdedit_job(sd, clip, item: ei.Item, settings: dict[str, SDEditConfig]) -> ei
     return ei.Job(item.key, list(settings), run)
 
 
-def measure(ip2p, sd, clip, plan: Plan, cache: ei.Cache, adopt=None) -> list[ei.Item]:
-    """Fill the cache with every (setting, pair) of the plan; returns the pairs.
+def measure(ip2p, sd, clip, plan: Plan, cache: ei.Cache, adopt=None,
+            shard: tuple[int, int] | None = None) -> list[ei.Item]:
+    """Fill the cache with every (setting, pair) of the plan, or of every N-th pair for ``shard`` (I, N);
+    returns all the plan's pairs.
 
     ``adopt()`` copies finished DDIM-Edit/PTI results from eval_inversion.py's cache; it is called again
     before those jobs, as an eval_inversion.py running alongside may have finished them meanwhile.
     """
     items = ei.pair_items(plan.n, resolution(sd))
+    mine = items if shard is None else items[shard[0]::shard[1]]
     ip2p_cfgs = {s: ip2p_config(plan, t, i) for (t, i), s in ip2p_settings(plan).items()}
     sdedit_cfgs = {s: sdedit_config(plan, k) for k, s in sdedit_settings(plan).items()}
-    ei.run_jobs([ip2p_job(ip2p, clip, it, ip2p_cfgs) for it in items], cache, "InstructPix2Pix")
-    ei.run_jobs([sdedit_job(sd, clip, it, sdedit_cfgs) for it in items], cache, "SDEdit")
+    ei.run_jobs([ip2p_job(ip2p, clip, it, ip2p_cfgs) for it in mine], cache, "InstructPix2Pix")
+    ei.run_jobs([sdedit_job(sd, clip, it, sdedit_cfgs) for it in mine], cache, "SDEdit")
     if adopt is not None and (reused := adopt()):
         print(f"reusing {reused} more DDIM-Edit/PTI results from eval_inversion.py")
-    ei.run_jobs(ei.inversion_edit_jobs(sd, clip, items, plan.inversion_plan()), cache, "DDIM-Edit and PTI")
+    ei.run_jobs(ei.inversion_edit_jobs(sd, clip, mine, plan.inversion_plan()), cache, "DDIM-Edit and PTI")
     return items
 
 
@@ -224,15 +234,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--ip2p", default="bundled", help="InstructPix2Pix model: 'bundled' or a folder / hub id")
     p.set_defaults(model="bundled")
     p.add_argument("--sd", dest="model", help="text-to-image model for SDEdit, DDIM-Edit and PTI (same as --model)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute every N-th pair only, into OUT/editing/results.shard-I-of-N.json, and write no "
+                        "report; run the N shards side by side with the same other options, then the command "
+                        "without --shard takes over their results and writes the report")
     args = p.parse_args(argv)
     plan = make_plan(args)
+    try:
+        shard = shard_of(args.shard)
+    except UserError as err:
+        raise SystemExit(f"eval_editing.py: {err}") from None
     ip2p = models.load_ip2p(args.ip2p, device=args.device)
     sd = models.load_sd(args.model, device=args.device)
     clip_model, processor = models.load_clip(args.clip, device=args.device)
     clip = metrics.ClipFeatures(clip_model, processor)
     out = Path(args.out)
     sd_id = ei.models_id(sd.unet, sd.vae, sd.text_encoder, clip_model)
-    cache = ei.Cache(out / "editing" / "results.json", f"{sd_id}+{ei.models_id(ip2p.unet, ip2p.vae, ip2p.text_encoder)}")
+    name = "results.json" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.json"
+    cache = ei.Cache(out / "editing" / name, f"{sd_id}+{ei.models_id(ip2p.unet, ip2p.vae, ip2p.text_encoder)}")
     inversion_settings = list(ei.editing_settings(plan.inversion_plan()).values())
 
     def adopt() -> int:
@@ -240,7 +259,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     if reused := adopt():
         print(f"reusing {reused} DDIM-Edit/PTI results from {out / 'inversion' / 'results.json'}")
-    items = measure(ip2p, sd, clip, plan, cache, adopt)
+    shard_files = [] if shard is not None else sorted((out / "editing").glob("results.shard-*-of-*.json"))
+    every_setting = [s for _, points in curves(plan) for _, s in points]
+    if reused := sum(cache.adopt(f, cache.models_id, every_setting) for f in shard_files):
+        print(f"taking over {reused} results of --shard runs from {len(shard_files)} file(s)")
+        cache.save()
+    items = measure(ip2p, sd, clip, plan, cache, adopt, shard)
+    if shard is not None:
+        print(f"shard {args.shard}: results in {cache.path}; rerun without --shard to write the report")
+        return cache.path
+    for f in shard_files:
+        f.unlink()  # taken over into results.json
     path = write_report(out, {"ip2p": args.ip2p, "sd": args.model, "clip": args.clip}, plan, cache, items, clip,
                         ei.command_line("eval_editing.py", argv))
     print(f"wrote {path}")

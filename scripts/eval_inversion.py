@@ -116,6 +116,9 @@ class Cache:
 
     def put(self, setting: str, item: str, numbers: dict) -> None:
         self.results[self.key(setting, item)] = numbers
+        self.save()
+
+    def save(self) -> None:
         text = json.dumps({"models": self.models_id, "results": self.results}, indent=1, sort_keys=True)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 

@@ -54,7 +54,7 @@ from pairedit import __version__, metrics, models, world
 from pairedit.bench.cache import Cache, CorruptEntry, key_of
 from pairedit.bench.methods import score, style_candidates
 from pairedit.bench.run import resolve_models
-from pairedit.bench.suite import Direction, Suite, make_directions, select_edits, stable_int
+from pairedit.bench.suite import Direction, Suite, make_directions, select_edits, shard_of, stable_int
 from pairedit.errors import UserError
 from pairedit.images import atomic_write, fit, grid, save_image
 from pairedit.visii import VisiiConfig
@@ -730,19 +730,6 @@ def sizes_of(args) -> Sizes:
         if v < 1:
             raise UserError(f"--{k.replace('_', '-')} must be ≥ 1, got {v}")
     return Sizes(categories=cats, seed=args.seed, **values)
-
-
-def shard_of(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` → (I, N) with 0 ≤ I < N."""
-    if text is None:
-        return None
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
-    if not 0 <= i < n:
-        raise UserError(f"--shard {text}: need 0 ≤ I < N")
-    return i, n
 
 
 def command_line(argv: list[str]) -> str:

@@ -104,6 +104,31 @@ def test_eval_editing_writes_every_curve(scripts, model_dirs, tmp_path):
     assert all("edit_success" in r and "clip_directional_similarity" in r for r in results.values())
 
 
+def test_eval_editing_shards_then_merges_without_recomputing(scripts, model_dirs, tmp_path, monkeypatch):
+    """--shard 0/2 and 1/2 compute disjoint halves of the pairs; the run without --shard takes both over,
+    computes nothing and writes the same results a single run would hold."""
+    _, ee = scripts
+    argv = ["--ip2p", model_dirs["ip2p"], "--sd", model_dirs["sd"], "--clip", model_dirs["clip"], "--quick",
+            "--n", "2", "--steps", "4", "--out", str(tmp_path)]
+    halves = [json.loads(ee.main([*argv, "--shard", f"{i}/2"]).read_text())["results"] for i in range(2)]
+    pairs = [{key.split(" | ")[1] for key in half} for half in halves]
+    assert len(pairs[0]) == len(pairs[1]) == 1 and pairs[0] != pairs[1]
+    assert not (tmp_path / "editing.md").exists()  # a shard writes no report
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a setting computed by a shard was computed again")
+
+    for name in ("ip2p_edit", "sdedit"):
+        monkeypatch.setattr(ee, name, must_not_run)
+    monkeypatch.setattr(ee.ei, "invert", must_not_run)
+    assert ee.main(argv) == tmp_path / "editing.md"
+    merged = json.loads((tmp_path / "editing" / "results.json").read_text())["results"]
+    assert merged == {**halves[0], **halves[1]}
+    assert not list((tmp_path / "editing").glob("results.shard-*"))  # taken over, then removed
+    with pytest.raises(SystemExit, match="--shard"):
+        ee.main([*argv, "--shard", "2/2"])
+
+
 def test_diagnose_ip2p_runs_every_diagnostic(model_dirs, monkeypatch, tmp_path):
     """scripts/diagnose_ip2p.py on the tiny model: every sweep setting, every branch at every t and every split
     is scored."""

@@ -254,3 +254,16 @@ def shard(items: list, process_index: int, num_processes: int) -> list:
     if not 0 <= process_index < num_processes:
         raise ValueError(f"process index {process_index} out of range for {num_processes} processes")
     return items[process_index::num_processes]
+
+
+def shard_of(text: str | None) -> tuple[int, int] | None:
+    """A script's ``--shard I/N`` → (I, N) with 0 ≤ I < N; None when the option is not given."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 ≤ I < N")
+    return i, n
