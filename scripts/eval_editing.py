@@ -37,9 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pairedit import metrics, models
-from pairedit.bench.suite import shard_of
 from pairedit.editing import EditConfig, SDEditConfig, ip2p_edit, resolution, sdedit
-from pairedit.errors import UserError
 from pairedit.images import atomic_write, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -121,7 +119,7 @@ def measure(ip2p, sd, clip, plan: Plan, cache: ei.Cache, adopt=None,
     before those jobs, as an eval_inversion.py running alongside may have finished them meanwhile.
     """
     items = ei.pair_items(plan.n, resolution(sd))
-    mine = items if shard is None else items[shard[0]::shard[1]]
+    mine = ei.shard_items(items, shard)
     ip2p_cfgs = {s: ip2p_config(plan, t, i) for (t, i), s in ip2p_settings(plan).items()}
     sdedit_cfgs = {s: sdedit_config(plan, k) for k, s in sdedit_settings(plan).items()}
     ei.run_jobs([ip2p_job(ip2p, clip, it, ip2p_cfgs) for it in mine], cache, "InstructPix2Pix")
@@ -234,24 +232,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--ip2p", default="bundled", help="InstructPix2Pix model: 'bundled' or a folder / hub id")
     p.set_defaults(model="bundled")
     p.add_argument("--sd", dest="model", help="text-to-image model for SDEdit, DDIM-Edit and PTI (same as --model)")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="compute every N-th pair only, into OUT/editing/results.shard-I-of-N.json, and write no "
-                        "report; run the N shards side by side with the same other options, then the command "
-                        "without --shard takes over their results and writes the report")
     args = p.parse_args(argv)
     plan = make_plan(args)
-    try:
-        shard = shard_of(args.shard)
-    except UserError as err:
-        raise SystemExit(f"eval_editing.py: {err}") from None
+    shard = ei.shard_arg(args, "eval_editing.py")
     ip2p = models.load_ip2p(args.ip2p, device=args.device)
     sd = models.load_sd(args.model, device=args.device)
     clip_model, processor = models.load_clip(args.clip, device=args.device)
     clip = metrics.ClipFeatures(clip_model, processor)
     out = Path(args.out)
     sd_id = ei.models_id(sd.unet, sd.vae, sd.text_encoder, clip_model)
-    name = "results.json" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.json"
-    cache = ei.Cache(out / "editing" / name, f"{sd_id}+{ei.models_id(ip2p.unet, ip2p.vae, ip2p.text_encoder)}")
+    cache, shard_files = ei.open_cache(out / "editing", f"{sd_id}+{ei.models_id(ip2p.unet, ip2p.vae, ip2p.text_encoder)}",
+                                       shard)
     inversion_settings = list(ei.editing_settings(plan.inversion_plan()).values())
 
     def adopt() -> int:
@@ -259,19 +250,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     if reused := adopt():
         print(f"reusing {reused} DDIM-Edit/PTI results from {out / 'inversion' / 'results.json'}")
-    shard_files = [] if shard is not None else sorted((out / "editing").glob("results.shard-*-of-*.json"))
-    every_setting = [s for _, points in curves(plan) for _, s in points]
-    if reused := sum(cache.adopt(f, cache.models_id, every_setting) for f in shard_files):
-        print(f"taking over {reused} results of --shard runs from {len(shard_files)} file(s)")
-        cache.save()
     items = measure(ip2p, sd, clip, plan, cache, adopt, shard)
     if shard is not None:
-        print(f"shard {args.shard}: results in {cache.path}; rerun without --shard to write the report")
-        return cache.path
-    for f in shard_files:
-        f.unlink()  # taken over into results.json
+        return ei.finish_shard(args, cache)
     path = write_report(out, {"ip2p": args.ip2p, "sd": args.model, "clip": args.clip}, plan, cache, items, clip,
                         ei.command_line("eval_editing.py", argv))
+    for f in shard_files:
+        f.unlink()  # taken over into results.json
     print(f"wrote {path}")
     return path
 

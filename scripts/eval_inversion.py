@@ -6,6 +6,11 @@ Writes OUT/inversion.md, with its plots and raw numbers in OUT/inversion/ (``--o
     OMP_NUM_THREADS=2 python scripts/eval_inversion.py --quick       # 8 images, fewer settings
     python scripts/eval_inversion.py --model PATH/sd --clip PATH/clip --n 16 --steps 20 --out /tmp/inv
 
+    # two cores: one shard per core, then the report (eval_editing.py takes --shard the same way)
+    OMP_NUM_THREADS=1 python scripts/eval_inversion.py --shard 0/2 &
+    OMP_NUM_THREADS=1 python scripts/eval_inversion.py --shard 1/2; wait
+    OMP_NUM_THREADS=1 python scripts/eval_inversion.py
+
 On held-out world images (``training.evaluate.heldout_scenes``), each with its caption as the source
 prompt, it measures the tables of PTI §4.3 (Dong et al. 2023):
 
@@ -44,7 +49,9 @@ import torch
 from PIL import Image
 
 from pairedit import metrics, models
+from pairedit.bench.suite import shard_of
 from pairedit.editing import resolution
+from pairedit.errors import UserError
 from pairedit.images import atomic_write, fit, to_pil
 from pairedit.inversion import (
     DDIMConfig,
@@ -122,17 +129,17 @@ class Cache:
         text = json.dumps({"models": self.models_id, "results": self.results}, indent=1, sort_keys=True)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
-    def adopt(self, path: Path, models_id: str, settings: Sequence[str]) -> int:
-        """Copy the given settings' results from another script's cache made with the same models (read only)."""
+    def adopt(self, path: Path, models_id: str, settings: Sequence[str] | None = None) -> int:
+        """Copy the given settings' (default: all) results from another cache made with the same models (read only)."""
         path = Path(path)
         if not path.exists() or path.resolve() == self.path.resolve():
             return 0
         data = json.loads(path.read_text())
         if data.get("models") != models_id:
             return 0
-        wanted = set(settings)
+        wanted = None if settings is None else set(settings)
         found = {k: v for k, v in data.get("results", {}).items()
-                 if k.split(" | ")[0] in wanted and k not in self.results}
+                 if (wanted is None or k.split(" | ")[0] in wanted) and k not in self.results}
         for key, numbers in found.items():
             self.results[key] = numbers
         return len(found)
@@ -144,6 +151,25 @@ class Cache:
     def sem(self, setting: str, items: Sequence[str], field: str) -> float | None:
         values = [float(r[field]) for i in items if (r := self.get(setting, i)) is not None and field in r]
         return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+
+
+def open_cache(folder: Path, models_id: str, shard: tuple[int, int] | None) -> tuple[Cache, list[Path]]:
+    """The run's cache, FOLDER/results.json, and the ``--shard`` files it took over (to delete once the
+    report is written); or, for shard (I, N), that shard's own FOLDER/results.shard-I-of-N.json."""
+    folder = Path(folder)
+    if shard is not None:
+        return Cache(folder / f"results.shard-{shard[0]}-of-{shard[1]}.json", models_id), []
+    cache = Cache(folder / "results.json", models_id)
+    files = sorted(folder.glob("results.shard-*-of-*.json"))
+    if taken := sum(cache.adopt(f, models_id) for f in files):
+        print(f"taking over {taken} results of --shard runs from {len(files)} file(s)")
+        cache.save()
+    return cache, files
+
+
+def shard_items(items: Sequence, shard: tuple[int, int] | None) -> list:
+    """Every N-th item for shard (I, N); all items without one."""
+    return list(items) if shard is None else list(items[shard[0]::shard[1]])
 
 
 @dataclass
@@ -371,11 +397,14 @@ def inversion_edit_jobs(sd, clip, items: Sequence[Item], plan: Plan) -> list[Job
     return jobs
 
 
-def measure(sd, clip, plan: Plan, cache: Cache) -> tuple[list[Item], list[Item]]:
-    """Fill the cache with every (setting, image) of the plan; returns (images, pairs)."""
+def measure(sd, clip, plan: Plan, cache: Cache,
+            shard: tuple[int, int] | None = None) -> tuple[list[Item], list[Item]]:
+    """Fill the cache with every (setting, image) of the plan, or of every N-th image and pair for
+    ``shard`` (I, N); returns all the plan's (images, pairs)."""
     size = resolution(sd)
-    scenes, pairs = scene_items(plan.n, size), pair_items(plan.n_sweeps, size)
-    sweep = scenes[:plan.n_sweeps]
+    all_scenes, all_pairs = scene_items(plan.n, size), pair_items(plan.n_sweeps, size)
+    scenes, pairs = shard_items(all_scenes, shard), shard_items(all_pairs, shard)
+    sweep = shard_items(all_scenes[:plan.n_sweeps], shard)
     ddim = config("ddim", plan)
     jobs = [ae_job(sd, it) for it in scenes]
     jobs += [recon_job(sd, it, m, config(m, plan)) for it in scenes for m in ("ddim", "nti", "pti")]
@@ -389,7 +418,7 @@ def measure(sd, clip, plan: Plan, cache: Cache) -> tuple[list[Item], list[Item]]
             jobs += [recon_job(sd, it, "pti", config("pti", plan, iterations=k, beta=lr)) for it in sweep]
     run_jobs(jobs, cache, "iterations × β (Table 3)")
     run_jobs(inversion_edit_jobs(sd, clip, pairs, plan), cache, "editing (DDIM-Edit, PTI over η)")
-    return scenes, pairs
+    return all_scenes, all_pairs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,7 +712,23 @@ def parser(description: str = __doc__.split("\n\n")[0],
     p.add_argument("--quick", action="store_true", help="fewer images and settings (see QUICK in the script)")
     p.add_argument("--out", default="docs", help="folder for the document; plots and JSON go in a subfolder")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute every N-th image and pair only, into OUT/<name>/results.shard-I-of-N.json, and "
+                        "write no report; run the N shards side by side with the same other options, then the "
+                        "command without --shard takes over their results and writes the report")
     return p
+
+
+def shard_arg(args: argparse.Namespace, script: str) -> tuple[int, int] | None:
+    try:
+        return shard_of(args.shard)
+    except UserError as err:
+        raise SystemExit(f"{script}: {err}") from None
+
+
+def finish_shard(args: argparse.Namespace, cache: Cache) -> Path:
+    print(f"shard {args.shard}: results in {cache.path}; rerun without --shard to write the report")
+    return cache.path
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -701,12 +746,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     sd = models.load_sd(args.model, device=args.device)
     clip_model, processor = models.load_clip(args.clip, device=args.device)
     clip = metrics.ClipFeatures(clip_model, processor)
-    out = Path(args.out)
-    cache = Cache(out / "inversion" / "results.json",
-                  models_id(sd.unet, sd.vae, sd.text_encoder, clip_model))
-    scenes, pairs = measure(sd, clip, plan, cache)
+    out, shard = Path(args.out), shard_arg(args, "eval_inversion.py")
+    cache, shard_files = open_cache(out / "inversion", models_id(sd.unet, sd.vae, sd.text_encoder, clip_model), shard)
+    scenes, pairs = measure(sd, clip, plan, cache, shard)
+    if shard is not None:
+        return finish_shard(args, cache)
     path = write_report(out, args.model, args.clip, plan, cache, scenes, pairs, clip,
                         command_line("eval_inversion.py", argv))
+    for f in shard_files:
+        f.unlink()  # taken over into results.json
     print(f"wrote {path}")
     return path
 

@@ -86,6 +86,25 @@ def test_eval_inversion_writes_every_table_and_reruns_from_the_cache(scripts, mo
     assert ei.main(argv).read_text().split("Command:")[1] == text.split("Command:")[1]
 
 
+def test_eval_inversion_shards_then_merges_without_recomputing(scripts, model_dirs, tmp_path, monkeypatch):
+    """--shard 0/2 and 1/2 split the images and pairs; the run without --shard computes nothing more."""
+    ei, _ = scripts
+    argv = ["--model", model_dirs["sd"], "--clip", model_dirs["clip"], "--quick", "--n", "2", "--steps", "2",
+            "--out", str(tmp_path)]
+    halves = [json.loads(ei.main([*argv, "--shard", f"{i}/2"]).read_text())["results"] for i in range(2)]
+    assert halves[0] and halves[1] and not set(halves[0]) & set(halves[1])
+    assert not (tmp_path / "inversion.md").exists()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a setting computed by a shard was computed again")
+
+    monkeypatch.setattr(ei, "invert", must_not_run)
+    monkeypatch.setattr(ei, "ae_reconstruction", must_not_run)
+    assert ei.main(argv) == tmp_path / "inversion.md"
+    assert json.loads((tmp_path / "inversion" / "results.json").read_text())["results"] == {**halves[0], **halves[1]}
+    assert not list((tmp_path / "inversion").glob("results.shard-*"))
+
+
 def test_eval_editing_writes_every_curve(scripts, model_dirs, tmp_path):
     _, ee = scripts
     doc = ee.main(["--ip2p", model_dirs["ip2p"], "--sd", model_dirs["sd"], "--clip", model_dirs["clip"], "--quick",
