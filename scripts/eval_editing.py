@@ -20,8 +20,10 @@ as in InstructPix2Pix Fig. 8:
 - SDEdit (after caption, text-to-image model) over strength ∈ [0.3, 0.9];
 - DDIM-Edit and PTI over η (before caption → after caption), from scripts/eval_inversion.py.
 
-Cost (estimated from counted UNet passes of the bundled-size UNet on one thread): ≈2.5 min per pair, so
-≈2.5 h for the full run and ≈10 min for --quick (less when eval_inversion.py already made the PTI edits).
+Cost, measured in session 16 on the 2-core EPYC at one thread (another single-thread job on the other
+core): 12 min of wall time for the full run on the bundled models (≈37 s of jobs per pair: InstructPix2Pix's 21
+settings 3.8 min in all, SDEdit 1.3 min, DDIM-Edit and PTI 4.8 min); less when eval_inversion.py already
+made the DDIM-Edit/PTI edits.
 
 Each point: CLIP image similarity to the input (fidelity), CLIP directional similarity (agreement with the
 caption change), PSNR to the true after-image, edit success rate, seconds per edit on this CPU. Every
