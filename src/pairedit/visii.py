@@ -77,10 +77,10 @@ class VisiiConfig:
     search_words: bool = True  # init="search" draws whole words only (pez.word_tokens_mask)
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
-    # Measured on the bundled world (docs/visii.md §4, 14 held-out directions, both noises): conditional
-    # wins, edit success 0.57 vs 0.35 over 224 paired outputs (McNemar p = 1e-11, UNet at 50,250 steps;
-    # 0.56 vs 0.45, p = 0.012, at 28,265; no significant difference at 8,000 and 4,410 steps). It is
-    # also the paper's Eq. 2 and ~2× cheaper per step.
+    # Measured on the bundled world (docs/visii.md §4, 14 held-out directions, both noises, caption init):
+    # conditional wins, edit success 0.57 vs 0.40 over 224 paired outputs (McNemar p = 1.2e-7, UNet at
+    # 64,018 steps; 0.57 vs 0.35, p = 1e-11, at 50,250; 0.56 vs 0.45, p = 0.012, at 28,265; no
+    # significant difference at 8,000 and 4,410 steps). It is also the paper's Eq. 2 and ~2× cheaper per step.
     loss_on: str = "conditional"
     seed: int = 0  # seeds the timesteps, noises, pair choice and the PEZ search
 
