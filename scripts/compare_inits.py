@@ -1,12 +1,17 @@
-"""Caption vs search init of VISII on a fresh set of held-out directions: a confirmation run.
+"""Two VISII variants (init, learning length) on a fresh set of held-out directions: a confirmation run.
 
 docs/visii.md §6 compares the inits on the directions of seed 0, the set the default was chosen on.
-This script repeats the comparison on the directions of another seed (same sizes, same units and
-seeds as ``eval_visii.py --seed S`` would use), and writes each test image's outcome plus the paired
-McNemar test to a JSON file. It reuses eval_visii.py's directions, configs and seeds.
+This script repeats a comparison of two named ``VARIANTS`` on the directions of another seed (same
+sizes, units and seeds as ``eval_visii.py --seed S`` would use), and writes each test image's outcome
+plus the paired McNemar test to a JSON file. It reuses eval_visii.py's directions, configs and seeds.
 
     OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --shard 0/2 --out A.json   # and 1/2 → B.json
     python scripts/compare_inits.py --merge A.json B.json --out docs/visii/inits_seed1.json
+    # another pair of variants, reusing the rows of a variant already measured on these directions
+    OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants search search-3x-steps \\
+        --reuse docs/visii/inits_seed1.json --shard 0/2 --out C.json                     # and 1/2 → D.json
+    python scripts/compare_inits.py --merge docs/visii/inits_seed1.json C.json D.json \\
+        --variants search search-3x-steps --out docs/visii/steps_seed1.json
 """
 
 from __future__ import annotations
@@ -22,42 +27,73 @@ from pairedit.bench.suite import shard_of
 sys.path.insert(0, str(Path(__file__).parent))
 import eval_visii as ev  # noqa: E402  (the sibling script: directions, units, configs, seeds)
 
-INITS = ("caption", "search")  # keys of eval_visii.EDIT_UNITS
+# name: (key of eval_visii.EDIT_UNITS, how it differs from eval_visii's VisiiConfig of that unit)
+VARIANTS = {
+    "caption": ("caption", {}),
+    "search": ("search", {}),
+    "search-3x-steps": ("search", {"steps_times": 3}),  # 3× the learning steps (3,000 for the paper's N = 1000)
+}
 
 
-def run(seed: int, shard: tuple[int, int], eval_args: list[str]) -> list[dict]:
+def overrides(config, change: dict) -> dict:
+    """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps)."""
+    return {"steps": config.steps * change["steps_times"]} if "steps_times" in change else {}
+
+
+def directions(seed: int, eval_args: list[str]) -> list:
+    """eval_visii.py's §1 directions for ``--seed seed`` and the other options (8 test images by default)."""
+    return ev.edit_directions(ev.sizes_of(ev.parse_args(["--tests", "8", *eval_args, "--seed", str(seed)])))
+
+
+def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple[str, ...] = ("caption", "search"),
+        done: set[tuple[str, str]] = frozenset()) -> list[dict]:
+    """Rows (one per direction and variant) of the shard's directions, except the (direction, variant) in ``done``."""
     from pairedit import metrics
     from pairedit.images import fit
 
     args = ev.parse_args(["--tests", "8", *eval_args, "--seed", str(seed)])
-    sizes = ev.sizes_of(args)
-    ctx = ev.Context(args, sizes)
+    ctx = ev.Context(args, ev.sizes_of(args))
     rows = []
-    for d in ev.edit_directions(sizes)[shard[0]::shard[1]]:
-        for init in INITS:
+    for d in directions(seed, eval_args)[shard[0]::shard[1]]:
+        for name in variants:
+            if (d.key, name) in done:
+                continue
             t0 = time.perf_counter()
-            inst = ctx.learn(ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS))
+            init, change = VARIANTS[name]
+            unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
+            inst = ctx.learn(unit, **overrides(ctx.config(unit), change))
             success = []
             for t in range(len(d.tests)):
                 out = ctx.visii(inst, d, t, "fixed")
                 before, after = (fit(im, out.width) for im in d.tests[t].images())
                 success.append(metrics.edit_success(before, out, after))
-            rows.append({"direction": d.key, "edit": d.edit.name, "category": d.edit.category, "init": init,
+            rows.append({"direction": d.key, "edit": d.edit.name, "category": d.edit.category, "init": name,
                          "init_text": inst.init_text, "success": success,
                          "seconds": round(time.perf_counter() - t0, 1)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def summary(rows: list[dict]) -> dict:
+def summary(rows: list[dict], variants: tuple[str, str] = ("caption", "search")) -> dict:
+    """Paired edit success of the two variants over the test images both were measured on."""
     from pairedit import metrics
 
-    per = {init: {(r["direction"], t): s for r in rows if r["init"] == init for t, s in enumerate(r["success"])}
-           for init in INITS}
-    keys = sorted(set(per["caption"]) & set(per["search"]))
-    only_search, only_caption, p = metrics.mcnemar([per["search"][k] for k in keys], [per["caption"][k] for k in keys])
-    return {"n": len(keys), **{f"success_{i}": sum(per[i][k] for k in keys) / max(1, len(keys)) for i in INITS},
-            "only_search": only_search, "only_caption": only_caption, "p": p}
+    a, b = variants
+    per = {v: {(r["direction"], t): s for r in rows if r["init"] == v for t, s in enumerate(r["success"])}
+           for v in variants}
+    keys = sorted(set(per[a]) & set(per[b]))
+    only_b, only_a, p = metrics.mcnemar([per[b][k] for k in keys], [per[a][k] for k in keys])
+    return {"n": len(keys), **{f"success_{v}": sum(per[v][k] for k in keys) / max(1, len(keys)) for v in variants},
+            f"only_{b}": only_b, f"only_{a}": only_a, "p": p}
+
+
+def read_rows(paths: list[str]) -> tuple[list[dict], int]:
+    """The rows of earlier outputs (later files win for the same direction and variant), and their seed."""
+    parts = [json.loads(Path(f).read_text()) for f in paths]
+    if len({part["seed"] for part in parts}) > 1:
+        raise SystemExit(f"compare_inits.py: {', '.join(paths)} were made on directions of different seeds")
+    rows = {(r["direction"], r["init"]): r for part in parts for r in part["rows"]}
+    return list(rows.values()), parts[0]["seed"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,15 +101,28 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="Other options (--model, --steps, --tests, ...) go to eval_visii.py's parser.")
     p.add_argument("--seed", type=int, default=1, help="seed of the directions (default: %(default)s)")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="directions I, I+N, ... (default: all)")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge shard files instead of computing")
+    p.add_argument("--variants", nargs=2, default=["caption", "search"], choices=sorted(VARIANTS), metavar="NAME",
+                   help=f"the two variants to compare, of {', '.join(VARIANTS)} (default: caption search)")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
+                   help="earlier outputs on the same seed: their rows are kept and not computed again")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier outputs (e.g. shards) instead of computing")
     p.add_argument("--out", required=True, help="JSON file to write")
     args, eval_args = p.parse_known_args(argv)
+    variants = tuple(args.variants)
     if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        rows, seed = [r for part in parts for r in part["rows"]], parts[0]["seed"]
+        rows, seed = read_rows(args.merge)
     else:
-        rows, seed = run(args.seed, shard_of(args.shard), eval_args), args.seed
-    result = {"seed": seed, "summary": summary(rows), "rows": rows}
+        reused, seed = read_rows(args.reuse) if args.reuse else ([], args.seed)
+        if seed != args.seed:
+            raise SystemExit(f"compare_inits.py: --reuse files are on seed {seed}, not --seed {args.seed}")
+        shard = shard_of(args.shard)
+        mine = {d.key for d in directions(seed, eval_args)[shard[0]::shard[1]]}
+        reused = [r for r in reused if r["init"] in variants and r["direction"] in mine]
+        done = {(r["direction"], r["init"]) for r in reused}
+        rows = reused + run(seed, shard, eval_args, variants, done)
+    rows = [r for r in rows if r["init"] in variants]
+    result = {"seed": seed, "variants": list(variants), "configs": {v: VARIANTS[v][1] for v in variants},
+              "summary": summary(rows, variants), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"]))
     return 0

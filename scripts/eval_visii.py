@@ -45,7 +45,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,11 +219,13 @@ class Context:
 
     # -- work ----------------------------------------------------------------------------------
 
-    def learn(self, unit: Unit):
+    def learn(self, unit: Unit, **overrides):
+        """The unit's learned instruction; ``overrides`` change fields of its VisiiConfig (compare_inits.py)."""
         from pairedit.visii import learn
 
         words = unit.direction.instruction if (unit.section, unit.method) == EDIT_UNITS["words"] else None
-        return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], self.config(unit),
+        config = replace(self.config(unit), **overrides)
+        return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], config,
                      init_text=words, model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)
 
     def visii(self, inst, d: Direction, t: int, noise: str = "fixed", prompt: str | None = None):

@@ -206,3 +206,12 @@ def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
     by = {(r["direction"], r["init"]): r["success"] for r in result["rows"]}
     assert s["only_search"] == sum(a and not b for d in {r["direction"] for r in result["rows"]}
                                    for a, b in zip(by[(d, "search")], by[(d, "caption")]))
+    # Another pair of variants, reusing the search rows: only the new variant is computed.
+    out = tmp_path / "steps.json"
+    assert compare.main([*common, "--variants", "search", "search-3x-steps", "--reuse", str(tmp_path / "all.json"),
+                         "--out", str(out)]) == 0
+    steps = json.loads(out.read_text())
+    assert steps["configs"] == {"search": {}, "search-3x-steps": {"steps_times": 3}}
+    assert sorted(r["init"] for r in steps["rows"]) == ["search", "search", "search-3x-steps", "search-3x-steps"]
+    assert [r for r in steps["rows"] if r["init"] == "search"] == [r for r in result["rows"] if r["init"] == "search"]
+    assert steps["summary"]["n"] == 4 and "only_search-3x-steps" in steps["summary"]
