@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from pairedit.bench.suite import shard_of
+from pairedit.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import eval_visii as ev  # noqa: E402  (the sibling script: directions, units, configs, seeds)
@@ -115,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         reused, seed = read_rows(args.reuse) if args.reuse else ([], args.seed)
         if seed != args.seed:
             raise SystemExit(f"compare_inits.py: --reuse files are on seed {seed}, not --seed {args.seed}")
-        shard = shard_of(args.shard)
+        try:
+            shard = shard_of(args.shard)
+        except UserError as err:
+            raise SystemExit(f"compare_inits.py: {err}") from None
         mine = {d.key for d in directions(seed, eval_args)[shard[0]::shard[1]]}
         reused = [r for r in reused if r["init"] in variants and r["direction"] in mine]
         done = {(r["direction"], r["init"]) for r in reused}

@@ -154,8 +154,9 @@ class Cache:
 
 
 def open_cache(folder: Path, models_id: str, shard: tuple[int, int] | None) -> tuple[Cache, list[Path]]:
-    """The run's cache, FOLDER/results.json, and the ``--shard`` files it took over (to delete once the
-    report is written); or, for shard (I, N), that shard's own FOLDER/results.shard-I-of-N.json."""
+    """The run's cache, FOLDER/results.json, having taken over the results of the ``--shard`` files in
+    FOLDER, and those files (to delete once the report is written); or, for shard (I, N), that shard's
+    own FOLDER/results.shard-I-of-N.json."""
     folder = Path(folder)
     if shard is not None:
         return Cache(folder / f"results.shard-{shard[0]}-of-{shard[1]}.json", models_id), []
@@ -743,10 +744,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     plan = make_plan(args)
+    shard = shard_arg(args, "eval_inversion.py")  # a bad --shard fails before the models load
     sd = models.load_sd(args.model, device=args.device)
     clip_model, processor = models.load_clip(args.clip, device=args.device)
     clip = metrics.ClipFeatures(clip_model, processor)
-    out, shard = Path(args.out), shard_arg(args, "eval_inversion.py")
+    out = Path(args.out)
     cache, shard_files = open_cache(out / "inversion", models_id(sd.unet, sd.vae, sd.text_encoder, clip_model), shard)
     scenes, pairs = measure(sd, clip, plan, cache, shard)
     if shard is not None:
