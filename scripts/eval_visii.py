@@ -150,11 +150,9 @@ def make_units(sizes: Sizes) -> list[Unit]:
         units += [Unit(section, method, d, DEFAULT_LOSS) for section, method in EDIT_UNITS.values()
                   if section == "init"]
     for d in drawing_directions(sizes):
-        units += [Unit("drawing", "visii", d, DEFAULT_LOSS), Unit("drawing", "ip2p-vague", d),
-                  Unit("drawing", "visii-search", d, DEFAULT_LOSS)]
+        units += [Unit("drawing", "ip2p-vague", d), *(Unit("drawing", m, d, DEFAULT_LOSS) for m in DRAWING_UNITS.values())]
     d = hybrid_direction(sizes)
-    units += [Unit("hybrid", "visii-hybrid", d, DEFAULT_LOSS), Unit("hybrid", "ip2p", d),
-              Unit("hybrid", "visii-hybrid-search", d, DEFAULT_LOSS)]
+    units += [Unit("hybrid", "ip2p", d), *(Unit("hybrid", m, d, DEFAULT_LOSS) for m in HYBRID_UNITS.values())]
     return units
 
 

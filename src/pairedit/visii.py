@@ -177,9 +177,14 @@ def clip_loss(clip, cond: torch.Tensor, start: int, end: int, delta: torch.Tenso
 
 def visii_loss(config: VisiiConfig, clip, eps_hat: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor, start: int,
                end: int, delta: torch.Tensor) -> torch.Tensor:
-    """Alg. 1 l.13 (Eq. 2 + Eq. 3): λ_mse‖ε − ε̂‖² + λ_clip(1 − cos(proj(c_T), Δ))."""
-    return (config.lambda_mse * F.mse_loss(eps_hat, eps.to(eps_hat.device))
-            + config.lambda_clip * clip_loss(clip, cond, start, end, delta))
+    """Alg. 1 l.13 (Eq. 2 + Eq. 3): λ_mse‖ε − ε̂‖² + λ_clip(1 − cos(proj(c_T), Δ)).
+
+    With λ_clip = 0 (the init search) the CLIP term is not computed at all.
+    """
+    loss = config.lambda_mse * F.mse_loss(eps_hat, eps.to(eps_hat.device))
+    if config.lambda_clip:
+        loss = loss + config.lambda_clip * clip_loss(clip, cond, start, end, delta)
+    return loss
 
 
 def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], delta: torch.Tensor,
