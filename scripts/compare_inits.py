@@ -33,12 +33,15 @@ VARIANTS = {
     "caption": ("caption", {}),
     "search": ("search", {}),
     "search-3x-steps": ("search", {"steps_times": 3}),  # 3× the learning steps (3,000 for the paper's N = 1000)
+    "bank": ("search", {"init": "bank"}),  # the best of the bundled model's training instructions (init="bank")
 }
 
 
 def overrides(config, change: dict) -> dict:
-    """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps)."""
-    return {"steps": config.steps * change["steps_times"]} if "steps_times" in change else {}
+    """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps; other keys
+    are fields)."""
+    fields = {k: v for k, v in change.items() if k != "steps_times"}
+    return {**fields, "steps": config.steps * change["steps_times"]} if "steps_times" in change else fields
 
 
 def directions(seed: int, eval_args: list[str]) -> list:
@@ -70,7 +73,7 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
                 success.append(metrics.edit_success(before, out, after))
             rows.append({"direction": d.key, "edit": d.edit.name, "category": d.edit.category, "init": name,
                          "init_text": inst.init_text, "success": success,
-                         "seconds": round(time.perf_counter() - t0, 1)})
+                         "seconds": round(time.perf_counter() - t0, 1), **truth_fields(d.edit, inst.init_text)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -88,9 +91,33 @@ def summary(rows: list[dict], variants: tuple[str, str] = ("caption", "search"))
             f"only_{b}": only_b, f"only_{a}": only_a, "p": p}
 
 
+def truth_fields(edit, init_text: str) -> dict:
+    """``heldout_combo``: the edit's (edit, shape) combination is held out, so no model or instruction bank saw
+    its wording; ``init_is_a_true_wording``: the init text is one of the edit's own wordings."""
+    from pairedit import world
+
+    wordings = {edit.instruction(wording=k) for k in range(len(world.EDIT_TYPES[edit.type].wordings))}
+    return {"heldout_combo": world.is_heldout_combo(edit), "init_is_a_true_wording": init_text in wordings}
+
+
+def annotate(rows: list[dict], seed: int, eval_args: list[str]) -> list[dict]:
+    """``truth_fields`` for rows of earlier outputs that lack them (their directions from the same options)."""
+    if all("heldout_combo" in r for r in rows):
+        return rows
+    edits = {d.key: d.edit for d in directions(seed, eval_args)}
+    if any(r["direction"] not in edits for r in rows):
+        raise SystemExit("compare_inits.py: some rows are of other directions; pass the eval_visii.py options "
+                         "(--tests, --categories, ...) the rows were computed with")
+    return [r if "heldout_combo" in r else {**r, **truth_fields(edits[r["direction"]], r["init_text"])} for r in rows]
+
+
 def read_rows(paths: list[str]) -> tuple[list[dict], int]:
     """The rows of earlier outputs (later files win for the same direction and variant), and their seed."""
-    parts = [json.loads(Path(f).read_text()) for f in paths]
+    try:
+        parts = [json.loads(Path(f).read_text()) for f in paths]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"compare_inits.py: cannot read {getattr(err, 'filename', None) or ', '.join(paths)}: "
+                         f"{type(err).__name__}") from err
     if len({part["seed"] for part in parts}) > 1:
         raise SystemExit(f"compare_inits.py: {', '.join(paths)} were made on directions of different seeds")
     rows = {(r["direction"], r["init"]): r for part in parts for r in part["rows"]}
@@ -124,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         reused = [r for r in reused if r["init"] in variants and r["direction"] in mine]
         done = {(r["direction"], r["init"]) for r in reused}
         rows = reused + run(seed, shard, eval_args, variants, done)
-    rows = [r for r in rows if r["init"] in variants]
+    rows = annotate([r for r in rows if r["init"] in variants], seed, eval_args)
+    true_inits = {v: sum(r["init_is_a_true_wording"] for r in rows if r["init"] == v) for v in variants}
     result = {"seed": seed, "variants": list(variants), "configs": {v: VARIANTS[v][1] for v in variants},
-              "summary": summary(rows, variants), "rows": rows}
+              "summary": summary(rows, variants),
+              "summary_heldout_combos": summary([r for r in rows if r["heldout_combo"]], variants),
+              "init_is_a_true_wording": true_inits, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"]))
     return 0

@@ -62,14 +62,16 @@ from pairedit.visii import VisiiConfig
 LOSSES = ("conditional", "guided")
 NOISES = ("fixed", "random")
 DEFAULT_LOSS = VisiiConfig().loss_on  # what every VISII unit uses: the library default
-DEFAULT_INIT = VisiiConfig().init  # what §1–3 report first: the library default
+# What §1–3 report first: the library default, init="auto", as it resolves on the bundled model (which ships
+# its instruction bank, instructions.txt) and on a model folder without one.
+DEFAULT_INIT = "bank"
 # The one-pair VISII unit (section, method) of each init. "caption": the paper's PEZ caption, the units §4/§5
 # study the loss and the noise on; "words": the user's own text, here the true instruction, as the paper's "GT"
-# rows (Table 1); "search": init="search". §1 reads the default init's units, §6 compares them all.
+# rows (Table 1); "search" and "bank": init="search" / "bank". §1 reads the default init's units, §6 compares them.
 EDIT_UNITS = {"caption": ("edit", f"visii-{DEFAULT_LOSS}"), "words": ("init", "visii-words"),
-              "search": ("init", "visii-search")}
-DRAWING_UNITS = {"caption": "visii", "search": "visii-search"}
-HYBRID_UNITS = {"caption": "visii-hybrid", "search": "visii-hybrid-search"}
+              "search": ("init", "visii-search"), "bank": ("init", "visii-bank")}
+DRAWING_UNITS = {"caption": "visii", "search": "visii-search", "bank": "visii-bank"}
+HYBRID_UNITS = {"caption": "visii-hybrid", "search": "visii-hybrid-search", "bank": "visii-hybrid-bank"}
 HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
@@ -187,14 +189,15 @@ class Context:
         return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps,
                            search_steps=self.sizes.search_steps, loss_on=unit.loss_on,
                            seed=self.learn_seed(unit.direction),
-                           init="search" if unit.method.endswith("-search") else "caption")
+                           init=next((i for i in ("search", "bank") if unit.method.endswith(f"-{i}")), "caption"))
 
     def key(self, unit: Unit) -> str:
         d = unit.direction
         desc = {"section": unit.section, "method": unit.method, "direction": d.key, "edit": d.edit.name,
                 "sample_steps": self.sizes.sample_steps, "seed": self.sizes.seed, "models": self.fingerprints}
-        if unit.loss_on:
-            desc["visii"] = asdict(self.config(unit))
+        if unit.loss_on:  # the VISII settings, without those of an init the unit does not use
+            config = asdict(self.config(unit))
+            desc["visii"] = {k: v for k, v in config.items() if config["init"] == "bank" or not k.startswith("bank_")}
         if unit.section == "hybrid":
             desc["words"] = hybrid_words()
         return key_of(desc)
@@ -427,16 +430,19 @@ def section_drawing(records: list[dict]) -> list[str]:
              "(`metrics.nearest_style`), or \"none\" when the unedited photo is at least as near. "
              "\"reproduces\": share of outputs assigned the example's style.", ""]
     body = []
+    other_inits = [i for i in DRAWING_UNITS if i != DEFAULT_INIT]
     for style in world.DRAWING_STYLES:
-        v, i, cap = ([r for r in records if r["section"] == "drawing" and r["method"] == m
-                      and r["target_style"] == style] for m in (DRAWING_UNITS[DEFAULT_INIT], "ip2p-vague",
-                                                                DRAWING_UNITS["caption"]))
-        vs, is_, cs = mean_shares(v, "fixed"), mean_shares(i, "random"), mean_shares(cap, "fixed")
-        n = len(rows(v))
+        def of(method, style=style):
+            return [r for r in records if r["section"] == "drawing" and r["method"] == method
+                    and r["target_style"] == style]
+
+        v, i = of(DRAWING_UNITS[DEFAULT_INIT]), of("ip2p-vague")
+        vs, is_ = mean_shares(v, "fixed"), mean_shares(i, "random")
+        others = [fmt(mean_shares(of(DRAWING_UNITS[o]), "fixed").get(style)) for o in other_inits]
         dist = ", ".join(f"{k} {x:.2f}" for k, x in vs.items())
-        body.append([style, n, fmt(vs.get(style)), fmt(is_.get(style)), dist, fmt(cs.get(style))])
+        body.append([style, len(rows(v)), fmt(vs.get(style)), fmt(is_.get(style)), dist, *others])
     lines += table(["example style", "n", f"VISII reproduces (init `{DEFAULT_INIT}`)", "IP2P lands on it",
-                    "VISII shares (all styles)", "VISII with the caption init (paper) reproduces"], body)
+                    "VISII shares (all styles)", *(f"VISII, init `{o}`, reproduces" for o in other_inits)], body)
     ip = mean_shares([r for r in records if r["section"] == "drawing" and r["method"] == "ip2p-vague"], "random")
     lines += ["", f"InstructPix2Pix with \"{vague}\", all {len(rows(records, method='ip2p-vague'))} photos "
               "(`metrics.style_shares`): " + ", ".join(f"{k} {x:.2f}" for k, x in ip.items())
@@ -523,7 +529,8 @@ def section_noise(records: list[dict]) -> list[str]:
 
 
 def section_init(records: list[dict]) -> list[str]:
-    lines = ["## 6. Where c_T starts: the PEZ caption, the user's words, or a search on VISII's loss", "",
+    lines = ["## 6. Where c_T starts: the PEZ caption, the user's words, a search on VISII's loss, or a known "
+             "instruction", "",
              "Same directions, example pairs, learning seeds and test seeds as §1 (fixed noise); only the text c_T "
              "starts from differs. **caption**: a PEZ caption of the after-image (the paper's init, App. C; §4 and §5 use "
              "it). "
@@ -531,9 +538,15 @@ def section_init(records: list[dict]) -> list[str]:
              "rows (Table 1) mimic a user's coarse input; InstructPix2Pix given the same words is §1's IP2P column. "
              "**search**: `VisiiConfig.init = \"search\"`, PEZ's projected-gradient search over whole-word tokens "
              "(the search steps are in the sizes above) scored by VISII's MSE term on the example pair instead of by "
-             "CLIP.", ""]
-    names = {"caption": "caption (paper)", "words": "user's words", "search": "search"}
-    variants = [(names[i] + (" (default)" if i == DEFAULT_INIT else ""), i) for i in ("caption", "words", "search")]
+             "CLIP. **bank**: `VisiiConfig.init = \"bank\"`, the instruction of the bundled model's instruction bank "
+             f"(`instructions.txt`: the {len(world.training_instructions())} wordings of the world's training edits, "
+             "`world.training_instructions`) that scores best on the same MSE term. The held-out (edit, shape) "
+             "combinations are not in it, so for the object edits here (recolor, replace, remove, resize) it never "
+             "holds the true wording; for add, background and style directions (training edits on held-out scenes) "
+             "it does, as a real model's training set holds its common instructions.", ""]
+    names = {"caption": "caption (paper)", "words": "user's words", "search": "search", "bank": "bank"}
+    variants = [(names[i] + (" (default)" if i == DEFAULT_INIT else ""), i)
+                for i in ("caption", "words", "search", "bank")]
     by_init = {i: visii_rows(records, i) for _, i in variants}
     success = {i: {(r["direction"], r["test"]): bool(r["scores"]["edit_success"]) for r in by_init[i]}
                for _, i in variants}
@@ -560,9 +573,10 @@ def section_init(records: list[dict]) -> list[str]:
                   "instruction out: a prompt can fit the example about as well as the true instruction does, by VISII's "
                   "own loss, and still not say what to do with another scene (which of several objects to shrink "
                   "when the example had one, say). So where c_T starts decides what is learned."]
-    inits = [(r["edit"], r.get("init_text")) for r in records if (r["section"], r["method"]) == EDIT_UNITS["search"]]
-    if inits:
-        lines += ["", "Searched inits: " + "; ".join(f"`{e}`: \"{t}\"" for e, t in inits) + "."]
+    for init, label in (("search", "Searched inits"), ("bank", "Inits from the bank")):
+        inits = [(r["edit"], r.get("init_text")) for r in records if (r["section"], r["method"]) == EDIT_UNITS[init]]
+        if inits:
+            lines += ["", f"{label}: " + "; ".join(f"`{e}`: \"{t}\"" for e, t in inits) + "."]
     return lines
 
 

@@ -88,6 +88,22 @@ def test_learn_with_the_caption_init(models, files, tmp_path, capsys):
     assert repr(inst.init_text) in capsys.readouterr().out
 
 
+def test_learn_with_the_bank_init(models, files, tmp_path, capsys):
+    bank = tmp_path / "bank.txt"
+    bank.write_text("make it night\nmake it a watercolor painting\nturn the circle red\n")
+    out = tmp_path / "b.safetensors"
+    assert main(["learn", files["before"], files["after"], "-o", str(out), "--steps", "1", "--init", "bank",
+                 "--bank", str(bank), *models]) == 0
+    from pairedit.instruction import load_instruction
+
+    inst = load_instruction(out)
+    assert inst.config["init"] == "bank" and inst.init_text in bank.read_text().splitlines()
+    # A model folder without instructions.txt and no --bank: one line saying what to give, before loading.
+    err = _fails(capsys, ["learn", files["before"], files["after"], "-o", str(tmp_path / "c.safetensors"),
+                          "--init", "bank", *models], "instructions.txt")
+    assert "one per line" in err
+
+
 def _fails(capsys, argv, *expected):
     code = main(argv)
     err = capsys.readouterr().err.strip()

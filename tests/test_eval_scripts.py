@@ -203,6 +203,11 @@ def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
     assert all(len(r["success"]) == 2 for r in result["rows"])
     s = result["summary"]
     assert s["n"] == 4 and 0 <= s["p"] <= 1
+    # eval_visii's object edits are held-out (edit, shape) combinations, style edits have no shape.
+    assert {r["category"]: r["heldout_combo"] for r in result["rows"]} == {"recolor": True, "style": False}
+    assert result["summary_heldout_combos"]["n"] == 2
+    assert result["init_is_a_true_wording"] == {v: sum(r["init_is_a_true_wording"] for r in result["rows"]
+                                                        if r["init"] == v) for v in ("caption", "search")}
     by = {(r["direction"], r["init"]): r["success"] for r in result["rows"]}
     assert s["only_search"] == sum(a and not b for d in {r["direction"] for r in result["rows"]}
                                    for a, b in zip(by[(d, "search")], by[(d, "caption")]))
@@ -215,3 +220,7 @@ def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
     assert sorted(r["init"] for r in steps["rows"]) == ["search", "search", "search-3x-steps", "search-3x-steps"]
     assert [r for r in steps["rows"] if r["init"] == "search"] == [r for r in result["rows"] if r["init"] == "search"]
     assert steps["summary"]["n"] == 4 and "only_search-3x-steps" in steps["summary"]
+    from pairedit.visii import VisiiConfig
+
+    assert compare.overrides(VisiiConfig(), compare.VARIANTS["bank"][1]) == {"init": "bank"}
+    assert compare.overrides(VisiiConfig(), compare.VARIANTS["search-3x-steps"][1]) == {"steps": 3000}

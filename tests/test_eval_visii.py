@@ -29,8 +29,16 @@ def eval_visii():
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle):
-    return tiny_bundle
+def bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with an instruction bank next to its InstructPix2Pix, as `pairedit train export` writes."""
+    import shutil
+
+    from pairedit import world
+
+    root = tmp_path_factory.mktemp("bundle-with-bank") / "bundle"
+    shutil.copytree(tiny_bundle, root)
+    (root / "ip2p" / "instructions.txt").write_text("\n".join(world.training_instructions()[::20]) + "\n")
+    return root
 
 
 def tiny_argv(bundle, tmp: Path) -> list[str]:
@@ -45,7 +53,7 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     argv = tiny_argv(bundle, tmp_path)
     assert eval_visii.main(argv) == 0
     first = capsys.readouterr().out
-    assert "units (22 computed)" in first  # 2 directions × 5 + 3 styles × 3 + hybrid × 3
+    assert "units (28 computed)" in first  # 2 directions × 6 + 3 styles × 4 + hybrid × 4
     assert "RECOMMENDATION: VisiiConfig.loss_on = " in first
 
     doc = (tmp_path / "docs" / "visii.md").read_text()
@@ -55,8 +63,8 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
     assert "python scripts/eval_visii.py --model" in doc and "Wall time" in doc
     assert "RECOMMENDATION" in doc and "**Criterion (does both edits):**" in doc
     assert "| recolor | 1 |" in doc and "| style | 1 |" in doc and "| **all** | 2 |" in doc
-    assert "VISII with the caption init (paper) reproduces" in doc
-    assert "| VISII, init `search` |" in doc and "| VISII, init `caption` |" in doc  # §3, both inits
+    assert "VISII, init `caption`, reproduces" in doc and "VISII, init `search`, reproduces" in doc
+    assert all(f"| VISII, init `{i}` |" in doc for i in ("bank", "search", "caption"))  # §3, every init
     for style in ("sketch", "ink", "watercolor"):
         assert f"| {style} | 1 |" in doc
     assert "turn the circle into a star" in doc
@@ -73,12 +81,15 @@ def test_writes_doc_json_grid_and_resumes(eval_visii, bundle, tmp_path, capsys):
             rows = by[("edit", f"visii-{loss}", noise)]
             assert len(rows) == 2 and all({"edit_success", "psnr", "clip_image_similarity"} <= set(r["scores"])
                                           for r in rows)
-    for init in ("words", "search"):
+    for init in ("words", "search", "bank"):
         assert len(by[("init", f"visii-{init}", "fixed")]) == 2
+    bank = (bundle / "ip2p" / "instructions.txt").read_text().splitlines()
+    assert all(r["init_text"] in bank for r in by[("init", "visii-bank", "fixed")])
     true_words = {r["direction"]: r["instruction"] for r in by[("edit", "ip2p", "random")]}
     assert all(r["init_text"] == true_words[r["direction"]] for r in by[("init", "visii-words", "fixed")])
-    assert "| user's words | 2 |" in doc and "| search (default) | 2 |" in doc and "| caption (paper) | 2 |" in doc
-    assert len(by[("drawing", "visii-search", "fixed")]) == 3
+    assert "| user's words | 2 |" in doc and "| search | 2 |" in doc and "| caption (paper) | 2 |" in doc
+    assert "| bank (default) | 2 |" in doc
+    assert len(by[("drawing", "visii-search", "fixed")]) == 3 and len(by[("drawing", "visii-bank", "fixed")]) == 3
     assert len(by[("drawing", "visii", "fixed")]) == 3 and len(by[("drawing", "ip2p-vague", "random")]) == 3
     assert all(r["scores"]["nearest_style"] in ("sketch", "ink", "watercolor", "none")
                for r in by[("drawing", "visii", "fixed")])
@@ -102,11 +113,11 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     argv = tiny_argv(bundle, tmp_path)
     for i in range(2):
         assert eval_visii.main([*argv, "--shard", f"{i}/2"]) == 0
-        assert f"shard {i}/2: 11 of 22 units (11 computed)" in capsys.readouterr().out
+        assert f"shard {i}/2: 14 of 28 units (14 computed)" in capsys.readouterr().out
     assert not (tmp_path / "docs" / "visii.md").exists()  # shards write no report
-    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 22
+    assert len(list((tmp_path / "cache" / "units").glob("*.json"))) == 28
     assert eval_visii.main(argv) == 0
-    assert "22 units (0 computed)" in capsys.readouterr().out
+    assert "28 units (0 computed)" in capsys.readouterr().out
     assert (tmp_path / "docs" / "visii.md").exists()
 
     # A damaged record is recomputed, not trusted.
@@ -114,7 +125,7 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     victim.write_text(victim.read_text().replace('"seconds"', '"Seconds"'))
     assert eval_visii.main(argv) == 0
     captured = capsys.readouterr()
-    assert "22 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
+    assert "28 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
 
 
 def test_bad_shard_is_a_user_error(eval_visii, tmp_path, capsys):

@@ -62,6 +62,60 @@ def test_search_initialises_deterministically(tiny, pairs):
     assert a.config["init"] == "search" and a.end > a.start == 1
 
 
+def test_bank_init_picks_the_lowest_mse_instruction(tiny, pairs):
+    """init="bank" returns the candidate with the lowest Eq. 2 MSE on the fixed samples, computed here directly."""
+    from diffusers import DDPMScheduler
+
+    from pairedit.images import to_tensor
+    from pairedit.sampling import encode_image_condition
+
+    pipe = tiny.ip2p
+    bank = ["make it a watercolor painting", "turn the circle red", "add a blue star", "make it night"]
+    config = visii.VisiiConfig(init="bank", bank_screen_samples=2, bank_keep=4, search_score_samples=3)
+    befores, afters = visii._prepare_pairs(pairs[:1], visii.model_resolution(pipe))
+    z_x = [encode_image_condition(pipe, to_tensor(befores[0]))]
+    z_y = [encode_image_condition(pipe, to_tensor(afters[0])) * pipe.vae.config.scaling_factor]
+    chosen = visii.bank_instruction(pipe, z_x, z_y, bank, config)
+
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(config.seed + 1)
+    torch.randn((2, *z_y[0].shape[1:]), generator=g)  # the screen's draw comes first
+    t, eps = torch.linspace(0, 999, 3).long(), torch.randn((3, *z_y[0].shape[1:]), generator=g)
+    x_in = torch.cat([sched.add_noise(z_y[0].expand(3, -1, -1, -1), eps, t), z_x[0].expand(3, -1, -1, -1)], 1)
+    with torch.no_grad():
+        mse = [float((pipe.unet(x_in, t, encoder_hidden_states=encode_text(pipe, b).expand(3, -1, -1)).sample
+                      - eps).pow(2).mean()) for b in bank]
+    assert chosen == bank[int(np.argmin(mse))]
+    inst = _learn(tiny, pairs[:1], steps=1, init_text=None, bank=bank,
+                  config=dict(init="bank", bank_screen_samples=2, bank_keep=2, search_score_samples=3))
+    assert inst.init_text in bank and inst.config["init"] == "bank"
+
+
+def test_bank_without_a_file_is_a_user_error(tiny, pairs, tmp_path):
+    from pairedit.models import instruction_bank
+
+    with pytest.raises(UserError, match="instructions.txt"):
+        instruction_bank(str(tmp_path))
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(UserError, match="empty"):
+        instruction_bank("bundled", tmp_path / "empty.txt")
+    (tmp_path / "bank.txt").write_text("make it night\nmake it night\n turn the circle red \n")
+    assert instruction_bank("bundled", tmp_path / "bank.txt") == ["make it night", "turn the circle red"]
+
+
+@requires_bundled
+def test_bundled_bank_is_the_training_instructions():
+    """The shipped instructions.txt is world.training_instructions(): no held-out combination's wording."""
+    from pairedit.models import instruction_bank
+
+    bank = instruction_bank("bundled")
+    assert bank == world.training_instructions() and len(bank) > 500
+    heldout = [world.Edit(et, s) for et, spec in world.EDIT_TYPES.items() if spec.needs_target for s in world.SHAPES
+               if not (et.startswith("replace_") and s == et.removeprefix("replace_"))]
+    heldout = [e for e in heldout if world.is_heldout_combo(e)]
+    assert heldout and not {e.instruction(wording=k) for e in heldout for k in range(3)} & set(bank)
+
+
 def test_pez_optimize_returns_the_best_scored_prompt(tiny):
     from pairedit.pez import pez_optimize
 

@@ -269,6 +269,31 @@ def trained_steps(name: str, kind: str) -> int | None:
         return None
 
 
+BANK_FILE = "instructions.txt"  # one instruction per line, next to model_index.json
+
+
+def instruction_bank(name: str, path: str | os.PathLike | None = None) -> list[str]:
+    """Known instructions for VISII's ``init="bank"``: the lines of ``path``, else of the model folder's
+    ``instructions.txt`` (the bundled InstructPix2Pix ships the world's training instructions)."""
+    if path is None:
+        try:
+            folder = Path(resolve(name, "ip2p"))
+        except ModelNotAvailable:
+            folder = None
+        if folder is None or not (folder / BANK_FILE).is_file():
+            raise UserError(f"model {name!r} has no {BANK_FILE}; give a file of instructions, one per line "
+                            "(e.g. those of the model's training set), or use another init")
+        path = folder / BANK_FILE
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the instruction bank ({type(err).__name__})") from err
+    bank = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if not bank:
+        raise UserError(f"{path}: the instruction bank is empty")
+    return bank
+
+
 def describe(name: str, kind: str) -> str:
     """``name`` for reports, with the recorded training length when known: "bundled (UNet trained 4,000 steps)"."""
     steps = trained_steps(name, kind)

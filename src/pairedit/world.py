@@ -711,6 +711,26 @@ def direction_pairs(edit: Edit, n: int, seed: int, split: str = "test") -> list[
     return pairs
 
 
+def training_instructions() -> list[str]:
+    """Every wording of every edit that models train on (held-out combinations left out), sorted.
+
+    The bundled InstructPix2Pix's instruction bank (``instructions.txt``, VISII ``init="bank"``): the
+    counterpart of the instructions of a real checkpoint's training set. A held-out direction's own
+    wordings are not in it when its (edit, shape) combination is held out.
+    """
+    out = set()
+    for et, spec in EDIT_TYPES.items():
+        values = [f"{s}:{c}" for s in SHAPES for c in COLORS] if et == "add" else [None]
+        for target in SHAPES if spec.needs_target else (None,):
+            for value in values:
+                if et.startswith("replace_") and target == et.removeprefix("replace_"):
+                    continue
+                edit = Edit(et, target, value)
+                if not is_heldout_combo(edit):
+                    out.update(edit.instruction(wording=k) for k in range(len(spec.wordings)))
+    return sorted(out)
+
+
 def corpus() -> list[str]:
     """Every kind of text the world can print (captions and instructions), for the tokenizer."""
     rng = random.Random(0)

@@ -530,6 +530,8 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
         scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
         pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common)
         pipe.save_pretrained(dest / "ip2p")
+        # The instructions it trained on (held-out combinations excluded): VISII's init="bank".
+        (dest / "ip2p" / models.BANK_FILE).write_text("\n".join(world.training_instructions()) + "\n")
     for stage, folder in models.UNET_FOLDER.items():  # how long each UNet trained, for reports
         trained = Path(run) / stage / "final" / "trained.json"
         if folder in stages and trained.exists():
