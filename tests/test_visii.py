@@ -89,6 +89,8 @@ def test_bank_init_picks_the_lowest_mse_instruction(tiny, pairs):
     inst = _learn(tiny, pairs[:1], steps=1, init_text=None, bank=bank,
                   config=dict(init="bank", bank_screen_samples=2, bank_keep=2, search_score_samples=3))
     assert inst.init_text in bank and inst.config["init"] == "bank"
+    with pytest.raises(UserError, match="empty"):
+        visii.bank_instruction(pipe, z_x, z_y, [], config)
 
 
 def test_bank_without_a_file_is_a_user_error(tiny, pairs, tmp_path):
