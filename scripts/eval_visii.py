@@ -62,8 +62,8 @@ from pairedit.visii import VisiiConfig
 LOSSES = ("conditional", "guided")
 NOISES = ("fixed", "random")
 DEFAULT_LOSS = VisiiConfig().loss_on  # what every VISII unit uses: the library default
-# What §1–3 report first: the library default, init="auto", as it resolves on the bundled model (which ships
-# its instruction bank, instructions.txt) and on a model folder without one.
+# What §1–3 report first: the library default, init="auto", as it resolves on the bundled model, which ships its
+# instruction bank (instructions.txt). The bank units need one: a --model folder without it fails with that message.
 DEFAULT_INIT = "bank"
 # The one-pair VISII unit (section, method) of each init. "caption": the paper's PEZ caption, the units §4/§5
 # study the loss and the noise on; "words": the user's own text, here the true instruction, as the paper's "GT"
