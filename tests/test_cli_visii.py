@@ -102,6 +102,8 @@ def test_learn_with_the_bank_init(models, files, tmp_path, capsys):
     err = _fails(capsys, ["learn", files["before"], files["after"], "-o", str(tmp_path / "c.safetensors"),
                           "--init", "bank", *models], "instructions.txt")
     assert "one per line" in err
+    _fails(capsys, ["learn", files["before"], files["after"], "-o", str(tmp_path / "c.safetensors"),
+                    "--init", "search", "--bank", str(bank), *models], "--bank", "--init search")
 
 
 def _fails(capsys, argv, *expected):

@@ -759,6 +759,8 @@ def cmd_learn(args) -> int:
     _refuse_overwrite([out], args.images)
     if args.resume is not None:
         load_checkpoint(args.resume)
+    if args.bank and args.init in ("caption", "search"):
+        raise UserError(f"--bank is read by --init bank or auto, not by --init {args.init}")
     bank = None
     if args.init_text is None and (args.init == "bank" or (args.init == "auto" and args.bank)):
         bank = instruction_bank(args.model, args.bank)
