@@ -199,6 +199,19 @@ def visii_loss(config: VisiiConfig, clip, eps_hat: torch.Tensor, eps: torch.Tens
     return loss
 
 
+def stratified_samples(z_y: Sequence[torch.Tensor], K: int, T: int,
+                       generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """K (t, ε) per pair, t evenly spaced over [0, T): fixed draws that rank prompts on the same noise."""
+    return [(torch.linspace(0, T - 1, K).long(), torch.randn((K, *zy.shape[1:]), generator=generator)) for zy in z_y]
+
+
+def noisy_input(noise_schedule, z_x: torch.Tensor, z_y: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+    """The UNet input for len(t) samples: the after-latent noised to z_t (Alg. 1 l.11) next to the before's z_x."""
+    z_t = noise_schedule.add_noise(z_y.expand(len(t), -1, -1, -1), eps.to(t.device), t)
+    return torch.cat([z_t, z_x.expand(len(t), -1, -1, -1)], dim=1).to(dtype)
+
+
 def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], delta: torch.Tensor,
                        config: VisiiConfig, progress: bool = False) -> str:
     """A ``search_tokens``-token hard prompt for the edit: PEZ's search scored by VISII's loss.
@@ -220,13 +233,11 @@ def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[to
     # scored below the true instruction (bundled model, 4 held-out example pairs, 64 fixed samples:
     # 0.075–0.144 vs 0.115–0.181); on the MSE term alone the true instruction scored lowest on all 4.
     search_config = replace(config, lambda_clip=0.0)
-    fixed = [(k, torch.linspace(0, T - 1, K).long(), torch.randn((K, *z_y[k].shape[1:]), generator=g))
-             for k in range(len(z_y))]
+    fixed = [(k, t, eps) for k, (t, eps) in enumerate(stratified_samples(z_y, K, T, g))]
 
     def loss_on(cond, k, t, eps):
         t = t.to(device)
-        z_t = noise_schedule.add_noise(z_y[k].expand(len(t), -1, -1, -1), eps.to(device), t)
-        x_in = torch.cat([z_t, z_x[k].expand(len(t), -1, -1, -1)], dim=1).to(pipe.unet.dtype)
+        x_in = noisy_input(noise_schedule, z_x[k], z_y[k], t, eps, pipe.unet.dtype)
         eps_hat = pipe.unet(x_in, t, encoder_hidden_states=cond.to(pipe.unet.dtype).expand(len(t), -1, -1)).sample
         return visii_loss(search_config, clip, eps_hat.float(), eps, cond, 1, n + 1, delta)
 
@@ -269,12 +280,8 @@ def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tens
 
     def draws(K: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(model input, t, ε) of K samples per pair: z_t of the after-image next to the before-image's z_x."""
-        out = []
-        for zx, zy in zip(z_x, z_y):
-            t, eps = torch.linspace(0, T - 1, K).long(), torch.randn((K, *zy.shape[1:]), generator=g)
-            z_t = noise_schedule.add_noise(zy.expand(K, -1, -1, -1), eps.to(device), t.to(device))
-            out.append((torch.cat([z_t, zx.expand(K, -1, -1, -1)], dim=1).to(unet.dtype), t.to(device), eps.to(device)))
-        return out
+        return [(noisy_input(noise_schedule, zx, zy, t.to(device), eps, unet.dtype), t.to(device), eps.to(device))
+                for zx, zy, (t, eps) in zip(z_x, z_y, stratified_samples(z_y, K, T, g))]
 
     def mse(texts: list[str], samples, desc: str) -> torch.Tensor:
         K = len(samples[0][1])
