@@ -7,8 +7,10 @@ method, 2 steps of everything) on the tiny random-weight pipelines saved to disk
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -17,7 +19,7 @@ from pairedit.bench import METHODS, BenchConfig, Suite, get_suite, make_plan, ru
 from pairedit.bench import run as bench_run
 from pairedit.bench.cache import Cache, CorruptEntry
 from pairedit.bench.report import CLIP_KEYS, GT_KEYS, aggregate, table1
-from pairedit.bench.suite import KINDS, shard
+from pairedit.bench.suite import KINDS, Direction, shard
 from pairedit.cli import main
 from pairedit.errors import UserError
 
@@ -92,6 +94,19 @@ def test_plan_directions_cover_every_kind_and_are_stable():
     items = list(range(7))
     parts = [shard(items, i, 3) for i in range(3)]
     assert sorted(x for p in parts for x in p) == items
+
+
+def test_only_style_directions_have_a_target_style():
+    # seed 1 of eval_visii's directions drew "add a green triangle" with a watercolour example: an object
+    # edit on a drawn scene keeps its style, and scoring it as a style edit failed on its sketch test scene
+    rng = random.Random(0)
+    drawn = world.random_scene(rng, "test", style="watercolor")
+    add = world.make_pair(world.Edit("add", value="triangle:green"), rng, "test", scene=drawn)
+    photo = world.random_scene(rng, "test", style="photo")
+    style = world.make_pair(world.Edit("style_watercolor"), rng, "test", scene=photo)
+    make = partial(Direction, 0, tests=())
+    assert add.after.style == "watercolor" and make(add.edit, examples=(add,)).target_style is None
+    assert make(style.edit, examples=(style,)).target_style == "watercolor"
 
 
 def test_cache_records_detect_damage(tmp_path):

@@ -156,9 +156,13 @@ class Direction:
 
     @property
     def target_style(self) -> str | None:
-        """The drawing style the examples show, when the direction is a drawing-style one (else None)."""
+        """The drawing style the examples show, when the direction is a drawing-style one (else None).
+
+        Only style edits count: an object edit on a scene that is already drawn (an example "add a
+        triangle" on a watercolour) keeps that style but does not ask for it.
+        """
         style = self.examples[0].after.style
-        return style if style in world.DRAWING_STYLES else None
+        return style if self.edit.category == "style" and style in world.DRAWING_STYLES else None
 
     @property
     def key(self) -> str:
