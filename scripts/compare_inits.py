@@ -34,6 +34,9 @@ VARIANTS = {
     "search": ("search", {}),
     "search-3x-steps": ("search", {"steps_times": 3}),  # 3× the learning steps (3,000 for the paper's N = 1000)
     "bank": ("search", {"init": "bank"}),  # the best of the bundled model's training instructions (init="bank")
+    # no learning: InstructPix2Pix given the true instruction (first wording) on the same test images and seeds,
+    # docs/visii.md §1's reference column; what a learned instruction is measured against
+    "ip2p-words": (None, {}),
 }
 
 
@@ -64,16 +67,20 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
                 continue
             t0 = time.perf_counter()
             init, change = VARIANTS[name]
-            unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
-            inst = ctx.learn(unit, **overrides(ctx.config(unit), change))
+            if init is None:  # InstructPix2Pix with the true words
+                inst, text = None, d.instruction
+            else:
+                unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
+                inst = ctx.learn(unit, **overrides(ctx.config(unit), change))
+                text = inst.init_text
             success = []
             for t in range(len(d.tests)):
-                out = ctx.visii(inst, d, t, "fixed")
+                out = ctx.ip2p(d, t, text) if inst is None else ctx.visii(inst, d, t, "fixed")
                 before, after = (fit(im, out.width) for im in d.tests[t].images())
                 success.append(metrics.edit_success(before, out, after))
             rows.append({"direction": d.key, "edit": d.edit.name, "category": d.edit.category, "init": name,
-                         "init_text": inst.init_text, "success": success,
-                         "seconds": round(time.perf_counter() - t0, 1), **truth_fields(d.edit, inst.init_text)})
+                         "init_text": text, "success": success,
+                         "seconds": round(time.perf_counter() - t0, 1), **truth_fields(d.edit, text)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of the directions (default: %(default)s)")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="directions I, I+N, ... (default: all)")
     p.add_argument("--variants", nargs=2, default=["caption", "search"], choices=sorted(VARIANTS), metavar="NAME",
-                   help=f"the two variants to compare, of {', '.join(VARIANTS)} (default: caption search)")
+                   help=f"the two variants to compare, of {', '.join(VARIANTS)} (default: caption search); "
+                        "ip2p-words is InstructPix2Pix given the true instruction, with no learning")
     p.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
                    help="earlier outputs on the same seed: their rows are kept and not computed again")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier outputs (e.g. shards) instead of computing")

@@ -220,6 +220,14 @@ def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
     assert sorted(r["init"] for r in steps["rows"]) == ["search", "search", "search-3x-steps", "search-3x-steps"]
     assert [r for r in steps["rows"] if r["init"] == "search"] == [r for r in result["rows"] if r["init"] == "search"]
     assert steps["summary"]["n"] == 4 and "only_search-3x-steps" in steps["summary"]
+    # The reference: InstructPix2Pix given the true instruction, nothing learned.
+    out = tmp_path / "words.json"
+    assert compare.main([*common, "--variants", "ip2p-words", "search", "--reuse", str(tmp_path / "all.json"),
+                         "--out", str(out)]) == 0
+    words = [r for r in json.loads(out.read_text())["rows"] if r["init"] == "ip2p-words"]
+    truth = {d.key: d.instruction for d in compare.directions(1, common[2:])}
+    assert len(words) == 2 and all(r["init_text"] == truth[r["direction"]] for r in words)
+    assert all(r["init_is_a_true_wording"] and len(r["success"]) == 2 for r in words)
     from pairedit.visii import VisiiConfig
 
     assert compare.overrides(VisiiConfig(), compare.VARIANTS["bank"][1]) == {"init": "bank"}
