@@ -12,6 +12,9 @@ plus the paired McNemar test to a JSON file. It reuses eval_visii.py's direction
         --reuse docs/visii/inits_seed1.json --shard 0/2 --out C.json                     # and 1/2 → D.json
     python scripts/compare_inits.py --merge docs/visii/inits_seed1.json C.json D.json \\
         --variants search search-3x-steps --out docs/visii/steps_seed1.json
+    # a variant against what the model does with the true words (docs/visii/words_seed1.json)
+    OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants ip2p-words bank \\
+        --reuse docs/visii/bank_seed1.json --out docs/visii/words_seed1.json
 """
 
 from __future__ import annotations
