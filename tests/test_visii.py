@@ -71,7 +71,7 @@ def test_bank_init_picks_the_lowest_mse_instruction(tiny, pairs):
 
     pipe = tiny.ip2p
     bank = ["make it a watercolor painting", "turn the circle red", "add a blue star", "make it night"]
-    config = visii.VisiiConfig(init="bank", bank_screen_samples=2, bank_keep=4, search_score_samples=3)
+    config = visii.VisiiConfig(init="bank", bank_screen_samples=2, bank_keep=4, bank_rank_samples=3)
     befores, afters = visii._prepare_pairs(pairs[:1], visii.model_resolution(pipe))
     z_x = [encode_image_condition(pipe, to_tensor(befores[0]))]
     z_y = [encode_image_condition(pipe, to_tensor(afters[0])) * pipe.vae.config.scaling_factor]
@@ -87,7 +87,7 @@ def test_bank_init_picks_the_lowest_mse_instruction(tiny, pairs):
                       - eps).pow(2).mean()) for b in bank]
     assert chosen == bank[int(np.argmin(mse))]
     inst = _learn(tiny, pairs[:1], steps=1, init_text=None, bank=bank,
-                  config=dict(init="bank", bank_screen_samples=2, bank_keep=2, search_score_samples=3))
+                  config=dict(init="bank", bank_screen_samples=2, bank_keep=2, bank_rank_samples=3))
     assert inst.init_text in bank and inst.config["init"] == "bank"
     with pytest.raises(UserError, match="empty"):
         visii.bank_instruction(pipe, z_x, z_y, [], config)

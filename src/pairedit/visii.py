@@ -80,8 +80,9 @@ class VisiiConfig:
     # 0.83 vs 0.63, 24 vs 2 flipped, p = 1e-5 (docs/visii/bank_seed0.json); on 14 fresh ones (seed 1) 0.72 vs
     # 0.53, 25 vs 3, p = 3e-5 (bank_seed1.json); on 14 more (seed 2) 0.75 vs 0.57, 25 vs 5, p = 3e-4
     # (bank_seed2.json); on the held-out (edit, shape) directions alone, whose wordings are not in the bank,
-    # 0.78 vs 0.45, 0.67 vs 0.41 and 0.62 vs 0.31. "auto" (default): "bank" when the model has a bank
-    # (or one is given), else "search" (a real checkpoint ships none).
+    # 0.78 vs 0.45, 0.67 vs 0.41 and 0.62 vs 0.31 (all with 32 ranking samples; see bank_rank_samples).
+    # "auto" (default): "bank" when the model has a bank (or one is given), else "search" (a real checkpoint
+    # ships none).
     init: str = "auto"
     search_steps: int = 300  # PEZ steps of init="search" (minibatches of search_batch samples)
     search_batch: int = 4  # (pair, t, ε) samples per search step
@@ -89,7 +90,13 @@ class VisiiConfig:
     search_tokens: int = 10  # prompt length of init="search" (the caption's 10, App. C)
     search_words: bool = True  # init="search" draws whole words only (pez.word_tokens_mask)
     bank_screen_samples: int = 8  # init="bank": fixed (t, ε) samples per pair that screen the whole bank
-    bank_keep: int = 16  # init="bank": the best this many of the screen are ranked on search_score_samples
+    bank_keep: int = 16  # init="bank": the best this many of the screen are ranked on bank_rank_samples
+    # init="bank": fixed (t, ε) samples per pair that rank the kept instructions. More than the search's 32: near
+    # the top, candidates differ by less than the noise of 32 draws. On the 17 example pairs of docs/visii.md
+    # §1-2, 256 instead of 32 changed 3 picks: 2 to another wording of the same edit, and the watercolour
+    # drawing's from the vague "make it a drawing" to "make it a watercolor painting", which is also the pick of
+    # 32 draws under another seed and of 256 under both seeds tried. Costs ≈ 40 s more at one thread.
+    bank_rank_samples: int = 256
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
     # Measured on the bundled world (docs/visii.md §4, 14 held-out directions, both noises, caption init):
@@ -105,9 +112,9 @@ class VisiiConfig:
         if self.init not in ("auto", "caption", "search", "bank"):
             raise UserError(f"init must be 'auto', 'caption', 'search' or 'bank', got {self.init!r}")
         if min(self.search_steps, self.search_batch, self.search_score_samples, self.search_tokens,
-               self.bank_screen_samples, self.bank_keep) < 1:
-            raise UserError("search_steps, search_batch, search_score_samples, search_tokens, bank_screen_samples "
-                            "and bank_keep must be ≥ 1")
+               self.bank_screen_samples, self.bank_keep, self.bank_rank_samples) < 1:
+            raise UserError("search_steps, search_batch, search_score_samples, search_tokens, bank_screen_samples, "
+                            "bank_keep and bank_rank_samples must be ≥ 1")
         if self.steps < 0 or self.lr <= 0 or self.caption_tokens < 1:
             raise UserError(f"need steps ≥ 0, lr > 0 and caption_tokens ≥ 1 (got steps={self.steps}, lr={self.lr}, "
                             f"caption_tokens={self.caption_tokens})")
@@ -267,7 +274,7 @@ def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tens
 
     Ranked by VISII's MSE term (Eq. 2, conditional prediction) on fixed (t, ε) samples, stratified over
     [0, T) and the same for every candidate: the whole bank on ``bank_screen_samples`` per pair, then
-    its ``bank_keep`` best on ``search_score_samples``, as the search ranks its prompts. The screen costs
+    its ``bank_keep`` best on ``bank_rank_samples``, as the search ranks its prompts. The screen costs
     len(bank) × bank_screen_samples × pairs UNet evaluations (703 × 8 ≈ 45 s on the bundled model at one thread).
     """
     from diffusers import DDPMScheduler
@@ -303,7 +310,7 @@ def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tens
         raise UserError("the instruction bank is empty; give at least one instruction")
     screen = mse(bank, draws(config.bank_screen_samples), "instruction bank (screen)")
     keep = [bank[int(i)] for i in screen.argsort()[:config.bank_keep]]
-    final = mse(keep, draws(config.search_score_samples), "instruction bank (rank)")
+    final = mse(keep, draws(config.bank_rank_samples), "instruction bank (rank)")
     return keep[int(final.argmin())]
 
 
@@ -660,7 +667,7 @@ def add_cli(sub) -> None:
                         "from a PEZ search scored by how well the model makes the afters from the befores, or from "
                         "the known instruction (--bank) that scores best on that; auto: bank when the model folder "
                         "has an instructions.txt or --bank is given, else search (default: %(default)s; compared in "
-                        "docs/visii.md §6 and README; on the bundled model at one thread the bank takes ≈ 55 s, "
+                        "docs/visii.md §6 and README; on the bundled model at one thread the bank takes ≈ 95 s, "
                         "the search ≈ 40 s, 1000 learning steps ≈ 90 s)")
     p.add_argument("--bank", default=None, metavar="FILE",
                    help="--init bank: a text file of instructions, one per line (default: the model folder's "
