@@ -729,7 +729,8 @@ def add_cli(sub) -> None:
 # The demo learns for half the paper's 1000 steps so that it finishes in about two minutes on this
 # CPU with the bundled 64×64 model: measured on one busy core, a learning step takes ≈ 0.09 s
 # (500 steps ≈ 45 s), the init search's 300 steps ≈ 30 s, applying to 5 images at 20 steps ≈ 4 s.
-# Session 17, with the bank init (≈ 55 s at one idle thread): the whole demo took 48 s at 2 threads.
+# Session 17, with the bank init (≈ 55 s at one idle thread): the whole demo took 48 s at 2 threads; session 18,
+# with the bank ranked on 256 samples (bank_rank_samples), 62 s.
 DEMO_STEPS = 500
 
 
