@@ -578,6 +578,11 @@ def random_scene(rng: random.Random, split: str = "train", n_objects: int | None
     raise WorldError("could not sample a scene with these constraints")
 
 
+def replaces_with_itself(edit_type: str, target: str | None) -> bool:
+    """``replace_X`` aimed at an X: not an edit (the after-image would equal the before-image)."""
+    return edit_type.startswith("replace_") and target == edit_type.removeprefix("replace_")
+
+
 def random_edit(rng: random.Random, split: str = "train", types: tuple[str, ...] | None = None) -> Edit:
     """An edit direction: a category drawn uniformly, then a type in it, with its parameters."""
     if types:
@@ -589,7 +594,7 @@ def random_edit(rng: random.Random, split: str = "train", types: tuple[str, ...]
         et = rng.choice(choices)
         spec = EDIT_TYPES[et]
         target = rng.choice(SHAPES) if spec.needs_target else None
-        if et.startswith("replace_") and target == et.removeprefix("replace_"):
+        if replaces_with_itself(et, target):
             continue
         value = None
         if et == "add":
@@ -723,7 +728,7 @@ def training_instructions() -> list[str]:
         values = [f"{s}:{c}" for s in SHAPES for c in COLORS] if et == "add" else [None]
         for target in SHAPES if spec.needs_target else (None,):
             for value in values:
-                if et.startswith("replace_") and target == et.removeprefix("replace_"):
+                if replaces_with_itself(et, target):
                     continue
                 edit = Edit(et, target, value)
                 if not is_heldout_combo(edit):
