@@ -73,6 +73,10 @@ def load(ip2p: str, unet: str | None):
 
         # rounded to fp16 and back, as the bundle ships it
         pipe.unet = UNet2DConditionModel.from_pretrained(unet).to(torch.float16).float().eval()
+        if (Path(unet) / "text_encoder").exists():  # a run with --train-text-encoder: its encoder goes with it
+            from transformers import CLIPTextModel
+
+            pipe.text_encoder = CLIPTextModel.from_pretrained(Path(unet) / "text_encoder").to(torch.float16).float().eval()
     return pipe
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPModel, CLIPTextModel
 
 from conftest import requires_bundled
 from pairedit import models, world
@@ -169,6 +170,23 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
         torch.float16}
     for a, b in zip(final.state_dict().values(), snap.state_dict().values()):
         assert torch.equal(a, b)
+    # With train_text_encoder the text encoder learns too, and is saved, snapshotted and exported with the UNet.
+    joint = run / "joint"
+    train_ip2p(joint, IP2PTrainConfig(out=str(joint / "ip2p"), batch_size=2, lr=1e-2, n_pairs=8,
+                                      base=str(bundle / "ip2p"), train_text_encoder=True, **few))
+    base_te, te = (CLIPTextModel.from_pretrained(f) for f in (bundle / "ip2p" / "text_encoder",
+                                                               joint / "ip2p" / "final" / "text_encoder"))
+    assert not torch.equal(te.final_layer_norm.weight, base_te.final_layer_norm.weight.float())
+    snapshot_unet(joint, "ip2p")
+    snap_te = CLIPTextModel.from_pretrained(joint / "ip2p" / "final" / "text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(te.state_dict().values(), snap_te.state_dict().values()))
+    export_unet(joint, "ip2p", bundle)
+    exported = models.load_ip2p(str(bundle / "ip2p")).text_encoder
+    assert torch.allclose(exported.final_layer_norm.weight.float(), te.final_layer_norm.weight,
+                          atol=1e-2)
+    # the frozen default left the bundle's text encoder (CLIP's text tower) as it was
+    assert torch.equal(base_te.final_layer_norm.weight,
+                       CLIPModel.from_pretrained(bundle / "clip").text_model.final_layer_norm.weight)
 
 
 def test_a_larger_pair_pool_adds_files_and_keeps_the_pairs_already_drawn(tmp_path, monkeypatch):

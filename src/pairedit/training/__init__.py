@@ -71,6 +71,10 @@ def add_cli(sub) -> None:
                    help="ip2p: extra training pairs with a style or background edit and an object edit in one "
                         "instruction (\"make it a watercolor painting and turn the circle into a star\"), so that "
                         "instructions compose as a VISII hybrid instruction needs (default 0)")
+    p.add_argument("--train-text-encoder", action="store_true", default=None,
+                   help="ip2p: optimise the text encoder together with the UNet (same learning rate and EMA); the "
+                        "paper keeps it frozen, and then the model's text encoder no longer equals CLIP's text tower. "
+                        "Saved as ip2p/final/text_encoder and exported with the UNet (default: frozen)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
                                                "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
@@ -120,7 +124,7 @@ def run_cli(args: argparse.Namespace) -> int:
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
-                 "compound_pairs"):
+                 "compound_pairs", "train_text_encoder"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

@@ -281,11 +281,14 @@ def denoising_errors(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, nois
     return err.mean(dim=tuple(range(1, err.ndim)))
 
 
-@torch.no_grad()
-def _embed(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+def encode_texts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+    """The text encoder's last hidden states for ``texts``, padded to the tokenizer's length, as SD conditions."""
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
+
+
+_embed = torch.no_grad()(encode_texts)  # for a frozen text encoder
 
 
 class FrozenTextEmbeddings:
@@ -385,6 +388,28 @@ class IP2PTrainConfig(LoopConfig):
     ema_decay: float | None = 0.999
     snr_gamma: float | None = None  # Min-SNR-γ loss weight (γ = 5 in Hang et al. 2023); None = unweighted, as in §3.2
     resolution: int = field(default=world.IMAGE_SIZE)
+    # InstructPix2Pix §3.2 fine-tunes the UNet only and keeps SD's text encoder frozen (False). True optimises
+    # the text encoder with the UNet (same optimiser, learning rate and EMA), and the empty prompt of the
+    # condition dropout is encoded by the moving encoder; the model's text encoder then no longer equals
+    # CLIP's text tower (docs/models.md, sessions 20-21).
+    train_text_encoder: bool = False
+
+
+class UNetAndTextEncoder(torch.nn.Module):
+    """The InstructPix2Pix UNet and its text encoder as one model, optimised together
+    (``IP2PTrainConfig.train_text_encoder``). Checkpoints keep the weights under ``unet.`` and ``text_encoder.``."""
+
+    def __init__(self, unet, text_encoder) -> None:
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def save_config(self, folder: Path) -> None:
+        """Both configs, so that ``snapshot_unet`` can rebuild the pair from a checkpoint alone."""
+        self.unet.save_config(folder)
+        self.text_encoder.config.save_pretrained(Path(folder) / TEXT_ENCODER)
+
+
+TEXT_ENCODER = "text_encoder"  # <stage>/final/text_encoder: the jointly trained text encoder, next to the UNet
 
 
 def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
@@ -401,26 +426,31 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
-    embed = FrozenTextEmbeddings(text_encoder, tokenizer)
-    empty = embed([""])
+    if cfg.train_text_encoder:
+        model = UNetAndTextEncoder(unet, text_encoder.requires_grad_(True))
+        embed = lambda texts: encode_texts(model.text_encoder, tokenizer, texts)  # noqa: E731
+    else:
+        model, embed = unet, FrozenTextEmbeddings(text_encoder, tokenizer)
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(edits), (cfg.batch_size,), generator=gen)
         rng = random.Random(step)
-        text = embed([edits[i].instruction(rng) for i in idx.tolist()])
+        texts = [edits[i].instruction(rng) for i in idx.tolist()]
         image_cond = lat["before"][idx].float()  # unscaled mode, as the diffusers pipeline conditions on it
         r = torch.rand(cfg.batch_size, generator=gen)
         no_text = r < cfg.drop_text
         no_image = (r >= cfg.drop_text) & (r < cfg.drop_text + cfg.drop_image)
         both = (r >= cfg.drop_text + cfg.drop_image) & (r < cfg.drop_text + cfg.drop_image + cfg.drop_both)
-        text = torch.where((no_text | both).view(-1, 1, 1).to(text.device), empty.expand_as(text), text)
+        text = embed(["" if drop else t for t, drop in zip(texts, (no_text | both).tolist())])  # c_T = ∅_T: ""
         image_cond = torch.where((no_image | both).view(-1, 1, 1, 1), torch.zeros_like(image_cond), image_cond)
         return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond, cfg.snr_gamma)
 
-    unet = train_loop(cfg, unet, loss_fn, "ip2p")
+    model = train_loop(cfg, model, loss_fn, "ip2p")
     if not is_main_process():  # under `accelerate launch` one process writes the model
         return
-    _save_final(unet, run, "ip2p", cfg.steps)
+    final = _save_final(unet, run, "ip2p", cfg.steps)
+    if cfg.train_text_encoder:
+        text_encoder.save_pretrained(final / TEXT_ENCODER)
     _record(run, "ip2p", cfg, time.time() - t0)
 
 
@@ -458,8 +488,16 @@ def snapshot_unet(run: Path, stage: str) -> Path:
     config = ckpt / "config.json" if (ckpt / "config.json").exists() else stage_dir / "final" / "config.json"
     if not config.exists():
         raise models.ModelNotAvailable(f"{ckpt} has no model config and {stage_dir / 'final'} does not exist")
-    unet = load_weights(ckpt, UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config)))
-    return _save_final(unet, run, stage, json.loads((ckpt / "state.json").read_text())["step"])
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config))
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    if not (ckpt / TEXT_ENCODER / "config.json").exists():
+        return _save_final(load_weights(ckpt, unet), run, stage, step)
+    from transformers import CLIPTextConfig, CLIPTextModel  # a run with train_text_encoder: both models
+
+    pair = load_weights(ckpt, UNetAndTextEncoder(unet, CLIPTextModel(CLIPTextConfig.from_pretrained(ckpt / TEXT_ENCODER))))
+    final = _save_final(pair.unet, run, stage, step)
+    pair.text_encoder.save_pretrained(final / TEXT_ENCODER)
+    return final
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,6 +532,10 @@ def export_unet(run: Path, stage: str = "ip2p", dest: Path = models.BUNDLED_DIR,
         raise models.ModelNotAvailable(f"{folder} is not a pipeline folder to put the UNet in")
     final = _final(run, stage)
     UNet2DConditionModel.from_pretrained(final).to(dtype).save_pretrained(folder / "unet")
+    if (final / TEXT_ENCODER).exists():  # trained with the UNet (train_text_encoder): it goes along
+        from transformers import CLIPTextModel
+
+        CLIPTextModel.from_pretrained(final / TEXT_ENCODER).to(dtype).save_pretrained(folder / "text_encoder")
     write_json(folder / "trained.json", json.loads((final / "trained.json").read_text()))
     return folder
 
@@ -528,7 +570,12 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
     if "ip2p" in stages:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "ip2p")).to(dtype)
         scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
-        pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **common)
+        parts = dict(common)
+        if (_final(run, "ip2p") / TEXT_ENCODER).exists():  # trained with the UNet (train_text_encoder)
+            from transformers import CLIPTextModel
+
+            parts["text_encoder"] = CLIPTextModel.from_pretrained(_final(run, "ip2p") / TEXT_ENCODER).to(dtype)
+        pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **parts)
         pipe.save_pretrained(dest / "ip2p")
         # The instructions it trained on (held-out combinations excluded): VISII's init="bank".
         (dest / "ip2p" / models.BANK_FILE).write_text("\n".join(world.training_instructions()) + "\n")
