@@ -23,6 +23,7 @@ from pairedit.training.trainers import (
     VaeTrainConfig,
     deepen_ip2p,
     export_bundle,
+    export_clip,
     export_unet,
     snapshot_unet,
     train_clip,
@@ -177,6 +178,9 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     base_te, te = (CLIPTextModel.from_pretrained(f) for f in (bundle / "ip2p" / "text_encoder",
                                                                joint / "ip2p" / "final" / "text_encoder"))
     assert not torch.equal(te.final_layer_norm.weight, base_te.final_layer_norm.weight.float())
+    # the frozen default left the bundle's text encoder (CLIP's text tower) as it was
+    assert torch.equal(base_te.final_layer_norm.weight,
+                       CLIPModel.from_pretrained(bundle / "clip").text_model.final_layer_norm.weight)
     snapshot_unet(joint, "ip2p")
     snap_te = CLIPTextModel.from_pretrained(joint / "ip2p" / "final" / "text_encoder")
     assert all(torch.equal(a, b) for a, b in zip(te.state_dict().values(), snap_te.state_dict().values()))
@@ -184,9 +188,19 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     exported = models.load_ip2p(str(bundle / "ip2p")).text_encoder
     assert torch.allclose(exported.final_layer_norm.weight.float(), te.final_layer_norm.weight,
                           atol=1e-2)
-    # the frozen default left the bundle's text encoder (CLIP's text tower) as it was
-    assert torch.equal(base_te.final_layer_norm.weight,
-                       CLIPModel.from_pretrained(bundle / "clip").text_model.final_layer_norm.weight)
+    # CLIP refits its image side to that encoder, which becomes its text tower again (and stays frozen).
+    refit = run / "refit"
+    train_clip(refit, ClipTrainConfig(out=str(refit / "clip"), batch_size=4, lr=1e-2, n_scenes=16, base=str(bundle / "clip"),
+                                      text_tower=str(joint / "ip2p" / "final" / "text_encoder"), **few))
+    old_clip, new_clip = (CLIPModel.from_pretrained(f) for f in (bundle / "clip", refit / "clip" / "final"))
+    assert all(torch.equal(a, b) for a, b in zip(new_clip.text_model.state_dict().values(), te.state_dict().values()))
+    assert not torch.equal(new_clip.visual_projection.weight, old_clip.visual_projection.weight.float())
+    export_clip(refit, bundle)  # ... and goes into the bundle, its tower into both pipelines
+    for folder in ("sd", "ip2p"):
+        exported = CLIPTextModel.from_pretrained(bundle / folder / "text_encoder")
+        assert torch.allclose(exported.final_layer_norm.weight.float(), te.final_layer_norm.weight, atol=1e-2)
+    with pytest.raises(UserError, match="--base"):
+        train_clip(refit, ClipTrainConfig(out=str(refit / "clip2"), batch_size=4, lr=1e-2, text_tower=str(bundle), **few))
 
 
 def test_a_larger_pair_pool_adds_files_and_keeps_the_pairs_already_drawn(tmp_path, monkeypatch):

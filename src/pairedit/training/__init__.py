@@ -14,6 +14,7 @@ from .trainers import (
     VaeTrainConfig,
     deepen_ip2p,
     export_bundle,
+    export_clip,
     export_unet,
     snapshot_unet,
     train_clip,
@@ -76,14 +77,22 @@ def add_cli(sub) -> None:
                         "paper keeps it frozen, and then the model's text encoder no longer equals CLIP's text tower. "
                         "Saved as ip2p/final/text_encoder and exported with the UNet (default: frozen)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
-    p.add_argument("--base", default="", help="t2i/ip2p: checkpoint to start from (an SD folder or hub id; for ip2p also "
-                                               "an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
-                                               "it); its tokenizer, text encoder and VAE are used. Default: the run's own")
+    p.add_argument("--base", default="",
+                   help="clip/t2i/ip2p: checkpoint to start from (a CLIP folder for clip; an SD folder or hub id for "
+                        "t2i/ip2p; for ip2p also an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
+                        "it); its tokenizer, text encoder and VAE are used. Default: the run's own")
+    p.add_argument("--text-tower", default=None,
+                   help="clip (with --base): a text encoder folder, e.g. RUN/ip2p/final/text_encoder of a "
+                        "--train-text-encoder run, that replaces CLIP's text tower and stays frozen while the image "
+                        "side and projections refit to it")
     p.add_argument("--dest", default=None, help="export/deepen: destination folder (export's default: the package's "
                                                 "bundled/; deepen needs one)")
     p.add_argument("--unet-only", action="store_true",
                    help="export only: put just the --of stage's UNet into the bundle (for a run that continued a "
                         "bundled model with --base; the bundle's other parts stay)")
+    p.add_argument("--clip-only", action="store_true",
+                   help="export only: put just the run's CLIP into the bundle, and its text tower as the text encoder "
+                        "of the bundle's sd and ip2p pipelines (after `clip --base ... --text-tower ...`)")
     p.add_argument("--models", default="bundled", help="eval only: 'bundled' or a folder with clip/, sd/, ip2p/")
     p.add_argument("--only", default="clip,vae,t2i,ip2p,timing", help="eval only: comma-separated gates to run")
     p.add_argument("--out", default="docs/models_eval", help="eval only: folder for results.json and sample grids")
@@ -116,7 +125,9 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "export":
         dest = {"dest": Path(args.dest)} if args.dest else {}
-        if args.unet_only:
+        if args.clip_only:
+            print(f"wrote {export_clip(run, **dest)} and its text tower into the pipelines beside it")
+        elif args.unet_only:
             print(f"wrote {export_unet(run, args.of, **dest) / 'unet'}")
         else:
             export_bundle(run, **dest)
@@ -124,7 +135,7 @@ def run_cli(args: argparse.Namespace) -> int:
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
-                 "compound_pairs", "train_text_encoder"):
+                 "compound_pairs", "train_text_encoder", "text_tower"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

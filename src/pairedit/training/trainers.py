@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import models, world
+from ..errors import UserError
 from .common import (
     LoopConfig,
     is_main_process,
@@ -90,15 +91,39 @@ class ClipTrainConfig(LoopConfig):
     layers: int = 4
     n_scenes: int = 40_000
     partial_captions: float = 0.2  # share of captions with parts dropped, so short texts mean something
+    base: str = ""  # continue from a CLIP checkpoint (folder or hub id) and its tokenizer; '' = a new model
+    # A text encoder folder (e.g. ip2p/final/text_encoder of a --train-text-encoder run) that replaces the text
+    # tower and stays frozen while the rest refits to it: CLIP's text tower stays the diffusion models' encoder.
+    text_tower: str = ""
+
+
+def _clip_to_train(run: Path, cfg: ClipTrainConfig):
+    """(tokenizer, CLIP): a new model on the run's tokenizer, or ``cfg.base``, with ``cfg.text_tower`` frozen in."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(cfg.seed)
+    if not cfg.base:
+        if cfg.text_tower:
+            raise UserError("train clip: --text-tower replaces the text tower of a trained CLIP; give it as --base")
+        tokenizer = _tokenizer(run)
+        return tokenizer, CLIPModel(models.clip_config(tokenizer, width=cfg.width, layers=cfg.layers))
+    path = models.resolve(cfg.base, "clip")
+    tokenizer, model = CLIPTokenizer.from_pretrained(path), CLIPModel.from_pretrained(path, dtype=torch.float32)
+    if cfg.text_tower:
+        tower = CLIPTextModel.from_pretrained(cfg.text_tower, dtype=torch.float32)
+        if tower.config.hidden_size != model.config.text_config.hidden_size:
+            raise UserError(f"text tower {cfg.text_tower} is {tower.config.hidden_size} wide, CLIP {cfg.base} "
+                            f"{model.config.text_config.hidden_size}")
+        model.text_model.load_state_dict(tower.state_dict())
+        model.text_model.requires_grad_(False)
+    return tokenizer, model
 
 
 def train_clip(run: Path, cfg: ClipTrainConfig) -> None:
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPProcessor
 
     t0 = time.time()
-    tokenizer = _tokenizer(run)
-    torch.manual_seed(cfg.seed)
-    model = CLIPModel(models.clip_config(tokenizer, width=cfg.width, layers=cfg.layers))
+    tokenizer, model = _clip_to_train(run, cfg)
     data = training_scenes(run, cfg.n_scenes, cfg.seed)
     pixels, captions = data["pixels"], data["captions"]
 
@@ -538,6 +563,21 @@ def export_unet(run: Path, stage: str = "ip2p", dest: Path = models.BUNDLED_DIR,
         CLIPTextModel.from_pretrained(final / TEXT_ENCODER).to(dtype).save_pretrained(folder / "text_encoder")
     write_json(folder / "trained.json", json.loads((final / "trained.json").read_text()))
     return folder
+
+
+def export_clip(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16) -> Path:
+    """Replace the CLIP of an existing bundle folder with the run's, and make its text tower the text encoder
+    of the bundle's pipelines, as in Stable Diffusion (for a CLIP refit with ``ClipTrainConfig.text_tower``)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    final = _final(run, "clip")
+    clip = CLIPModel.from_pretrained(final).to(dtype)
+    clip.save_pretrained(Path(dest) / "clip")
+    CLIPProcessor.from_pretrained(final).save_pretrained(Path(dest) / "clip")
+    for folder in models.UNET_FOLDER.values():
+        if (Path(dest) / folder / "model_index.json").exists():
+            models.text_encoder_from_clip(clip).to(dtype).save_pretrained(Path(dest) / folder / "text_encoder")
+    return Path(dest) / "clip"
 
 
 def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16,
