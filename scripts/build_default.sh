@@ -21,4 +21,17 @@ accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m pairedit.cli
 # step 31,358; --steps 150000 --lr 1.2e-4 to step 40,049; the same with --n-pairs 180000 to step 45,720; then
 # `pairedit train snapshot --of ip2p --run "$RUN"` writes ip2p/final from the latest checkpoint's EMA weights.
 pairedit train export --run "$RUN"                                  # → src/pairedit/bundled (fp16)
+# Sessions 10–13 continued that UNet from the bundle (binding-heavy mix, cooldown) to step 64,018: the commands
+# are in the InstructPix2Pix row of docs/models.md. Sessions 20–21 (shipped since): 9,000 more steps from the
+# step-64,018 bundle (src/pairedit/bundled at commit fa3df91) with the text encoder trained jointly, then CLIP's
+# image side refitted to that encoder so that it is CLIP's text tower again, in all three models.
+BASE64K=${BASE64K:-/tmp/pairedit-base64k}   # git archive fa3df91 src/pairedit/bundled | tar -x -C "$BASE64K"
+accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m pairedit.cli \
+    train ip2p --run "$RUN-joint" --seed 0 --threads 1 --batch-size 32 --steps 9000 --lr 9.2e-5 --mixed-precision bf16 \
+    --n-pairs 60000 --binding-pairs 60000 --compound-pairs 30000 --train-text-encoder \
+    --base "$BASE64K/src/pairedit/bundled/ip2p"
+pairedit train export --run "$RUN-joint" --unet-only --of ip2p     # UNet and its text encoder → bundled/ip2p
+pairedit train clip --run "$RUN-clip" --seed 0 --threads 2 --steps 500 --lr 1e-4 \
+    --base src/pairedit/bundled/clip --text-tower src/pairedit/bundled/ip2p/text_encoder  # the exported (fp16) one
+pairedit train export --run "$RUN-clip" --clip-only               # CLIP → bundled/clip, its tower → sd/, ip2p/
 pairedit train eval --models bundled --out docs/models_eval         # quality gates → docs/models.md

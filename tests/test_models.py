@@ -6,7 +6,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
+from conftest import requires_bundled
 from pairedit import models
 
 
@@ -36,3 +38,16 @@ def test_wrong_kind_of_unet_is_refused(tiny_bundle):
         models.load_ip2p(str(tiny_bundle / "sd"))
     with pytest.raises(models.ModelNotAvailable, match="4 channels"):
         models.load_sd(str(tiny_bundle / "ip2p"))
+
+
+@requires_bundled
+def test_bundled_diffusion_models_share_clips_text_tower():
+    """As in Stable Diffusion, the text encoder of both bundled pipelines is CLIP's text tower (issue #2)."""
+    from safetensors.torch import load_file
+
+    clip = load_file(models.BUNDLED["clip"] / "model.safetensors")
+    tower = {k.removeprefix("text_model."): v for k, v in clip.items() if k.startswith("text_model.")}
+    for kind in ("sd", "ip2p"):
+        encoder = load_file(models.BUNDLED[kind] / "text_encoder" / "model.safetensors")
+        assert encoder.keys() == tower.keys(), kind
+        assert all(torch.equal(encoder[k], tower[k]) for k in tower), kind
