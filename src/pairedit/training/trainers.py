@@ -415,8 +415,8 @@ class IP2PTrainConfig(LoopConfig):
     resolution: int = field(default=world.IMAGE_SIZE)
     # InstructPix2Pix §3.2 fine-tunes the UNet only and keeps SD's text encoder frozen (False). True optimises
     # the text encoder with the UNet (same optimiser, learning rate and EMA), and the empty prompt of the
-    # condition dropout is encoded by the moving encoder; the model's text encoder then no longer equals
-    # CLIP's text tower (docs/models.md, sessions 20-21).
+    # condition dropout is encoded by the moving encoder. The model's text encoder then no longer equals
+    # CLIP's text tower until CLIP is refitted to it (ClipTrainConfig.text_tower; docs/models.md, sessions 20-21).
     train_text_encoder: bool = False
 
 
