@@ -393,7 +393,8 @@ def main() -> None:
     ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "compound",
                                         "gate"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
-    ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final)")
+    ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final; its text_encoder/ "
+                                   "too, if the run trained one)")
     ap.add_argument("--n", type=int, default=48, help="held-out pairs (the first N of `train eval`'s 280)")
     ap.add_argument("--run", default="/work/runs/default", help="split only: the run folder the UNet trained in")
     ap.add_argument("--threads", type=int, default=1)
