@@ -61,6 +61,7 @@ from pairedit.editing import ip2p_edit, resolution
 from pairedit.images import fit, to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
 from pairedit.training.evaluate import eval_ip2p, heldout_pairs
+from pairedit.training.trainers import trained_text_encoder
 
 SWEEP = [dict(steps=20), dict(steps=50), dict(steps=100), dict(steps=20, s_text=3.0), dict(steps=20, s_image=3.0),
          dict(steps=20, s_text=1.0, s_image=1.0)]
@@ -73,10 +74,9 @@ def load(ip2p: str, unet: str | None):
 
         # rounded to fp16 and back, as the bundle ships it
         pipe.unet = UNet2DConditionModel.from_pretrained(unet).to(torch.float16).float().eval()
-        if (Path(unet) / "text_encoder").exists():  # a run with --train-text-encoder: its encoder goes with it
-            from transformers import CLIPTextModel
-
-            pipe.text_encoder = CLIPTextModel.from_pretrained(Path(unet) / "text_encoder").to(torch.float16).float().eval()
+        text_encoder = trained_text_encoder(Path(unet), torch.float16)  # a --train-text-encoder run's, if any
+        if text_encoder is not None:
+            pipe.text_encoder = text_encoder.float().eval()
     return pipe
 
 

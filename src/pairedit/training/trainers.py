@@ -437,6 +437,14 @@ class UNetAndTextEncoder(torch.nn.Module):
 TEXT_ENCODER = "text_encoder"  # <stage>/final/text_encoder: the jointly trained text encoder, next to the UNet
 
 
+def trained_text_encoder(final: Path, dtype: torch.dtype = torch.float32):
+    """The text encoder a ``train_text_encoder`` run saved next to its UNet in ``final``, or None (frozen run)."""
+    from transformers import CLIPTextModel
+
+    path = Path(final) / TEXT_ENCODER
+    return CLIPTextModel.from_pretrained(path).to(dtype) if path.exists() else None
+
+
 def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     """InstructPix2Pix §3.2: a text-to-image UNet with ``conv_in`` widened to 8 channels (new weights
     zero), trained on (before, instruction, after) with the condition dropout of §3.2.1."""
@@ -557,10 +565,9 @@ def export_unet(run: Path, stage: str = "ip2p", dest: Path = models.BUNDLED_DIR,
         raise models.ModelNotAvailable(f"{folder} is not a pipeline folder to put the UNet in")
     final = _final(run, stage)
     UNet2DConditionModel.from_pretrained(final).to(dtype).save_pretrained(folder / "unet")
-    if (final / TEXT_ENCODER).exists():  # trained with the UNet (train_text_encoder): it goes along
-        from transformers import CLIPTextModel
-
-        CLIPTextModel.from_pretrained(final / TEXT_ENCODER).to(dtype).save_pretrained(folder / "text_encoder")
+    text_encoder = trained_text_encoder(final, dtype)
+    if text_encoder is not None:  # trained with the UNet: it goes along
+        text_encoder.save_pretrained(folder / "text_encoder")
     write_json(folder / "trained.json", json.loads((final / "trained.json").read_text()))
     return folder
 
@@ -574,9 +581,10 @@ def export_clip(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype =
     clip = CLIPModel.from_pretrained(final).to(dtype)
     clip.save_pretrained(Path(dest) / "clip")
     CLIPProcessor.from_pretrained(final).save_pretrained(Path(dest) / "clip")
+    tower = models.text_encoder_from_clip(clip).to(dtype)
     for folder in models.UNET_FOLDER.values():
         if (Path(dest) / folder / "model_index.json").exists():
-            models.text_encoder_from_clip(clip).to(dtype).save_pretrained(Path(dest) / folder / "text_encoder")
+            tower.save_pretrained(Path(dest) / folder / "text_encoder")
     return Path(dest) / "clip"
 
 
@@ -608,13 +616,11 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
         StableDiffusionPipeline(vae=vae, unet=unet, scheduler=DDIMScheduler.from_config(models.noise_schedule_config()),
                                 **common).save_pretrained(dest / "sd")
     if "ip2p" in stages:
-        unet = UNet2DConditionModel.from_pretrained(_final(run, "ip2p")).to(dtype)
+        final = _final(run, "ip2p")
+        unet = UNet2DConditionModel.from_pretrained(final).to(dtype)
         scheduler = EulerAncestralDiscreteScheduler.from_config(models.noise_schedule_config())
-        parts = dict(common)
-        if (_final(run, "ip2p") / TEXT_ENCODER).exists():  # trained with the UNet (train_text_encoder)
-            from transformers import CLIPTextModel
-
-            parts["text_encoder"] = CLIPTextModel.from_pretrained(_final(run, "ip2p") / TEXT_ENCODER).to(dtype)
+        own_encoder = trained_text_encoder(final, dtype)  # its own when trained with it, else CLIP's tower
+        parts = common if own_encoder is None else dict(common, text_encoder=own_encoder)
         pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **parts)
         pipe.save_pretrained(dest / "ip2p")
         # The instructions it trained on (held-out combinations excluded): VISII's init="bank".
