@@ -61,6 +61,24 @@ def test_loop_resumes_exactly_after_interrupt(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+class _LinearWithConfigFolder(torch.nn.Linear):
+    """Saves a config folder into each checkpoint, as UNetAndTextEncoder does (text_encoder/config.json)."""
+
+    def save_config(self, folder: Path) -> None:
+        (Path(folder) / "sub").mkdir()
+        (Path(folder) / "sub" / "config.json").write_text("{}")
+
+
+def test_old_checkpoints_with_config_folders_are_pruned(tmp_path):
+    # session 22: pruning the third-last checkpoint of a --train-text-encoder run crashed on its text_encoder/ folder
+    cfg = common.LoopConfig(out=str(tmp_path), steps=4, batch_size=8, lr=1e-2, warmup=1, ckpt_every=1)
+    model = _LinearWithConfigFolder(4, 1)
+    common.train_loop(cfg, model, lambda step, gen: model(torch.randn(8, 4, generator=gen)).pow(2).mean(), "linear")
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step_0000003", "step_0000004"]
+    assert (tmp_path / "checkpoints" / "step_0000004" / "sub" / "config.json").exists()
+
+
 def test_nan_loss_stops_with_a_message(tmp_path):
     cfg = common.LoopConfig(out=str(tmp_path / "a"), steps=4, batch_size=8, lr=1e-2, warmup=1, ckpt_every=100)
     model = torch.nn.Linear(4, 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -114,14 +115,10 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, opt, ema, c
         model.save_config(tmp)
     final = folder / f"step_{step:07d}"
     if final.exists():
-        for f in final.iterdir():
-            f.unlink()
-        final.rmdir()
+        shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(folder.glob("step_*"))[:-2]:  # keep the last two
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+    for old in sorted(folder.glob("step_*"))[:-2]:  # keep the last two (a checkpoint may hold config folders)
+        shutil.rmtree(old)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
