@@ -192,7 +192,7 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     # With train_text_encoder the text encoder learns too, and is saved, snapshotted and exported with the UNet.
     joint = run / "joint"
     train_ip2p(joint, IP2PTrainConfig(out=str(joint / "ip2p"), batch_size=2, lr=1e-2, n_pairs=8,
-                                      base=str(bundle / "ip2p"), train_text_encoder=True, **few))
+                                      base=str(bundle / "ip2p"), train_text_encoder=True, edit_region_weight=4.0, **few))
     base_te, te = (CLIPTextModel.from_pretrained(f) for f in (bundle / "ip2p" / "text_encoder",
                                                                joint / "ip2p" / "final" / "text_encoder"))
     assert not torch.equal(te.final_layer_norm.weight, base_te.final_layer_norm.weight.float())
@@ -256,6 +256,57 @@ def test_binding_and_compound_pairs_come_after_the_pool_from_their_own_streams(t
     assert stored == edits[5:] == [edit_from_record(edit_record(e)) for e in stored]
     with pytest.raises(UserError, match="holds 2 pairs, fewer than the 3"):
         trainers.pairs_dataset(tmp_path / "data" / "compound_pairs.npz", 3, 0)
+
+
+def test_changed_cells_mark_the_latent_cells_an_edit_touches(tmp_path, monkeypatch):
+    from pairedit.training import trainers
+
+    before = np.zeros((2, 64, 64, 3), np.uint8)
+    after = before.copy()
+    after[0, 10:14, 40:41, 1] = 200  # pixels in latent cells (2..3, 10) of a 16×16 latent
+    after[1, :, :, 0] = 5  # below the threshold: noise, not an edit
+    cells = trainers.changed_cells(before, after, 16)
+    assert cells.shape == (2, 1, 16, 16) and cells.dtype == torch.bool
+    assert cells[0, 0].nonzero().tolist() == [[2, 10], [3, 10]] and not cells[1].any()
+    # The trainer's cached cells match the pairs' pixels, pair by pair, across files and kinds.
+    monkeypatch.setattr(trainers, "PAIRS_PER_FILE", 3)
+    vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
+    with torch.no_grad():
+        edits, lat = trainers.training_pairs(tmp_path, 4, 0, vae, binding=2, with_changed=True)
+    assert lat["changed"].shape == (6, 1, 16, 16) and (tmp_path / "data" / "pair_changed_1.safetensors").exists()
+    pixels = trainers.pairs_dataset(tmp_path / "data" / "binding_pairs.npz", 2, 0, kind="binding")
+    assert torch.equal(lat["changed"][4:], trainers.changed_cells(pixels["before"], pixels["after"], 16))
+    share = lat["changed"][4:].float().mean().item()
+    assert 0 < share < 0.5  # an edit that names one object changes a small part of the image
+
+
+def test_edit_region_weight_shifts_each_pairs_loss_to_the_changed_cells(tiny):
+    from diffusers import DDPMScheduler
+
+    from pairedit.training.trainers import denoising_errors
+
+    unet, sched = tiny.sd.unet, DDPMScheduler.from_config(models.noise_schedule_config())
+    gen = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    text, t = torch.randn(3, 5, unet.config.cross_attention_dim, generator=gen), torch.tensor([10, 500, 900])
+    changed = torch.zeros(3, 1, 8, 8)
+    changed[:, :, 2:4, 2:4] = 1
+    changed[2] = 1  # a scene-wide edit changes every cell: weighting it changes nothing
+
+    def errors(weight=None):
+        with torch.no_grad():
+            return denoising_errors(unet, sched, z0, text, noise, t, cell_weight=weight)
+
+    with torch.no_grad():
+        err = (unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample - noise) ** 2
+    inside = (err * changed).sum(dim=(1, 2, 3)) / (4 * changed.sum(dim=(1, 2, 3)))
+    outside = (err * (1 - changed)).sum(dim=(1, 2, 3)) / (4 * (1 - changed).sum(dim=(1, 2, 3))).clamp(min=1)
+    torch.testing.assert_close(errors(), err.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(errors(torch.ones(3, 1, 8, 8)), errors())  # uniform weights: the plain loss
+    weighted = errors(1 + 4 * changed)
+    share = 5 * 4 / (5 * 4 + 60)  # 4 changed cells of 64 at weight 5, normalised per pair
+    torch.testing.assert_close(weighted[:2], share * inside[:2] + (1 - share) * outside[:2])
+    torch.testing.assert_close(weighted[2], errors()[2])
 
 
 def test_widen_conv_in_zero_initialises_new_channels(tiny):

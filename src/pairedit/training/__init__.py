@@ -76,6 +76,10 @@ def add_cli(sub) -> None:
                    help="ip2p: optimise the text encoder together with the UNet (same learning rate and EMA); the "
                         "paper keeps it frozen, and then the model's text encoder no longer equals CLIP's text tower. "
                         "Saved as ip2p/final/text_encoder and exported with the UNet (default: frozen)")
+    p.add_argument("--edit-region-weight", type=float, default=None, metavar="LAMBDA",
+                   help="ip2p: the latent cells an edit changes weigh 1+LAMBDA in each pair's loss (normalised per "
+                        "pair), so that an object edit's loss is less about copying the rest of the image "
+                        "(default 0: the paper's unweighted loss)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="",
                    help="clip/t2i/ip2p: checkpoint to start from (a CLIP folder for clip; an SD folder or hub id for "
@@ -135,7 +139,7 @@ def run_cli(args: argparse.Namespace) -> int:
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
-                 "compound_pairs", "train_text_encoder", "text_tower"):
+                 "compound_pairs", "train_text_encoder", "text_tower", "edit_region_weight"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

@@ -226,12 +226,18 @@ def encode_pixels(vae, pixels: np.ndarray, batch: int = 256) -> torch.Tensor:
 def _cached_latents(run: Path, name: str, vae,
                     arrays: Callable[[], dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """VAE latent modes of ``arrays()`` (read only when the cache ``data/<name>.safetensors`` is missing)."""
+    return _cached_tensors(run, name, lambda: {k: encode_pixels(vae, v).to(torch.float16)
+                                               for k, v in arrays().items()})
+
+
+def _cached_tensors(run: Path, name: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``compute()``, cached as ``data/<name>.safetensors`` (computed only when that file is missing)."""
     from safetensors.torch import load_file, save_file
 
     path = Path(run) / "data" / f"{name}.safetensors"
     if path.exists():
         return load_file(path)
-    out = {k: encode_pixels(vae, v).to(torch.float16).contiguous() for k, v in arrays().items()}
+    out = {k: v.contiguous() for k, v in compute().items()}
     save_file(out, path)
     return out
 
@@ -252,11 +258,24 @@ def training_scenes(run: Path, n: int, seed: int, vae=None) -> dict:
     return data
 
 
-def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound: int = 0
-                   ) -> tuple[list, dict[str, torch.Tensor]]:
+def changed_cells(before: np.ndarray, after: np.ndarray, latent_size: int, threshold: int = 8) -> torch.Tensor:
+    """Which latent cells an edit changes: (n, 1, h, w) bool, a cell being True when any pixel it covers moved by
+    more than ``threshold`` (of 255) in any channel. Latent differences cannot say it: the encoder's receptive
+    field spreads a small edit over most of the 16×16 latent."""
+    out = []
+    for i in range(0, len(before), 4096):
+        diff = np.abs(after[i:i + 4096].astype(np.int16) - before[i:i + 4096].astype(np.int16)).max(-1) > threshold
+        cells = F.adaptive_max_pool2d(torch.from_numpy(diff).float()[:, None], latent_size)
+        out.append(cells.bool())
+    return torch.cat(out)
+
+
+def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound: int = 0,
+                   with_changed: bool = False) -> tuple[list, dict[str, torch.Tensor]]:
     """The first ``n`` training pairs, then ``binding`` pairs that name one object of a busy scene and
     ``compound`` pairs with two edits in one instruction: their edits and VAE latents (before, after), from
-    files of ``PAIRS_PER_FILE`` pairs. A larger count adds files and keeps the earlier pairs as they were."""
+    files of ``PAIRS_PER_FILE`` pairs. A larger count adds files and keeps the earlier pairs as they were.
+    ``with_changed`` adds "changed", each pair's ``changed_cells`` (cached next to the latents)."""
     edits, latents = [], []
     with main_process_first():
         for prefix, count, kind in (("pair", n, "usual"), ("binding_pair", binding, "binding"),
@@ -268,8 +287,13 @@ def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound
                 edits += pairs_dataset(*args, pixels=False, kind=kind)["edits"]
                 lat = _cached_latents(run, f"{prefix}_latents{suffix}", vae, lambda args=args, k=kind: {
                     k2: v for k2, v in pairs_dataset(*args, kind=k).items() if k2 in ("before", "after")})
+                if with_changed:
+                    lat = {**lat, **_cached_tensors(run, f"{prefix}_changed{suffix}", lambda args=args, k=kind, h=lat[
+                        "after"].shape[-1]: {"changed": changed_cells(**{k2: v for k2, v in pairs_dataset(
+                            *args, kind=k).items() if k2 in ("before", "after")}, latent_size=h)})}
                 latents.append({k: v[:size] for k, v in lat.items()})  # a file may hold more than asked for
-    return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after")}
+    keys = ("before", "after", "changed") if with_changed else ("before", "after")
+    return edits, {k: torch.cat([lat[k] for lat in latents]) for k in keys}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,17 +301,19 @@ def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound
 
 
 def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
-                   image_cond: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+                   image_cond: torch.Tensor | None = None, snr_gamma: float | None = None,
+                   cell_weight: torch.Tensor | None = None) -> torch.Tensor:
     """‖ε − ε_θ(z_t, t, c)‖² with t ~ U{0..T−1} (LDM Eq. 2; InstructPix2Pix Eq. 2 when ``image_cond`` is given).
 
     ``snr_gamma`` weights each sample by min(SNR(t), γ) / SNR(t) (Min-SNR-γ, Hang et al. 2023, for
     ε-prediction): the nearly-clean timesteps, whose ε error is large, mostly irreducible and matters
     little to a sample, stop dominating the gradient. None = the unweighted loss of the papers.
+    ``cell_weight`` (B, 1, h, w) weights the latent cells within each sample (see ``denoising_errors``).
     Noise and timesteps come from the (CPU) generator, so a run is the same on any device.
     """
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
-    per_sample = denoising_errors(unet, scheduler, z0, text, noise, t, image_cond)
+    per_sample = denoising_errors(unet, scheduler, z0, text, noise, t, image_cond, cell_weight)
     if snr_gamma is None:
         return per_sample.mean()
     from diffusers.training_utils import compute_snr
@@ -297,13 +323,19 @@ def denoising_loss(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, gen: t
 
 
 def denoising_errors(unet, scheduler, z0: torch.Tensor, text: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                     image_cond: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample ‖ε − ε_θ(z_t, t, c)‖² (mean over latent elements) for given noise and timesteps."""
+                     image_cond: torch.Tensor | None = None, cell_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample ‖ε − ε_θ(z_t, t, c)‖² (mean over latent elements) for given noise and timesteps.
+
+    With ``cell_weight`` (B, 1, h, w) the mean over cells is weighted, normalised per sample, so that each sample
+    keeps the same total weight and only the share of its cells changes."""
     z_t = scheduler.add_noise(z0.cpu(), noise, t)
     x = z_t if image_cond is None else torch.cat([z_t, image_cond.cpu()], dim=1)
     x, t, text, noise = (v.to(unet.device) for v in (x, t, text, noise))
     err = F.mse_loss(unet(x, t, encoder_hidden_states=text).sample.float(), noise, reduction="none")
-    return err.mean(dim=tuple(range(1, err.ndim)))
+    if cell_weight is None:
+        return err.mean(dim=tuple(range(1, err.ndim)))
+    w = cell_weight.to(err.device).expand_as(err)
+    return (err * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))
 
 
 def encode_texts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -418,6 +450,10 @@ class IP2PTrainConfig(LoopConfig):
     # condition dropout is encoded by the moving encoder. The model's text encoder then no longer equals
     # CLIP's text tower until CLIP is refitted to it (ClipTrainConfig.text_tower; docs/models.md, sessions 20-21).
     train_text_encoder: bool = False
+    # λ: the latent cells an edit changes (``changed_cells``) weigh 1 + λ in each pair's loss, normalised per
+    # pair. InstructPix2Pix §3.2 uses the plain loss (0). An object edit changes ≈ 10% of the cells, so its loss
+    # is mostly about copying the rest; λ = 4 gives the changed cells ≈ 36% of it (docs/models.md, session 23).
+    edit_region_weight: float = 0.0
 
 
 class UNetAndTextEncoder(torch.nn.Module):
@@ -456,7 +492,8 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs)
+    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs,
+                                with_changed=cfg.edit_region_weight > 0)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     if cfg.train_text_encoder:
@@ -476,7 +513,9 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
         both = (r >= cfg.drop_text + cfg.drop_image) & (r < cfg.drop_text + cfg.drop_image + cfg.drop_both)
         text = embed(["" if drop else t for t, drop in zip(texts, (no_text | both).tolist())])  # c_T = ∅_T: ""
         image_cond = torch.where((no_image | both).view(-1, 1, 1, 1), torch.zeros_like(image_cond), image_cond)
-        return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond, cfg.snr_gamma)
+        weight = 1.0 + cfg.edit_region_weight * lat["changed"][idx].float() if cfg.edit_region_weight > 0 else None
+        return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond, cfg.snr_gamma,
+                              weight)
 
     model = train_loop(cfg, model, loss_fn, "ip2p")
     if not is_main_process():  # under `accelerate launch` one process writes the model
