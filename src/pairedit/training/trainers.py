@@ -288,9 +288,11 @@ def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound
                 lat = _cached_latents(run, f"{prefix}_latents{suffix}", vae, lambda args=args, k=kind: {
                     k2: v for k2, v in pairs_dataset(*args, kind=k).items() if k2 in ("before", "after")})
                 if with_changed:
-                    lat = {**lat, **_cached_tensors(run, f"{prefix}_changed{suffix}", lambda args=args, k=kind, h=lat[
-                        "after"].shape[-1]: {"changed": changed_cells(**{k2: v for k2, v in pairs_dataset(
-                            *args, kind=k).items() if k2 in ("before", "after")}, latent_size=h)})}
+                    def changed(args=args, kind=kind, size=lat["after"].shape[-1]) -> dict[str, torch.Tensor]:
+                        pixels = pairs_dataset(*args, kind=kind)
+                        return {"changed": changed_cells(pixels["before"], pixels["after"], size)}
+
+                    lat = {**lat, **_cached_tensors(run, f"{prefix}_changed{suffix}", changed)}
                 latents.append({k: v[:size] for k, v in lat.items()})  # a file may hold more than asked for
     keys = ("before", "after", "changed") if with_changed else ("before", "after")
     return edits, {k: torch.cat([lat[k] for lat in latents]) for k in keys}
