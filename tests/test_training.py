@@ -430,6 +430,7 @@ def test_ip2p_eval_reports_where_the_error_is():
     targeted = [len(p.before.objects) for p in heldout_pairs(4) if p.edit.target is not None]
     assert {k: v["n"] for k, v in res["targeted_edits_by_objects_in_scene"].items()} == {
         str(k): targeted.count(k) for k in set(targeted)}
+    assert sum(v["n"] for v in res["targeted_edits_by_object_size"].values()) == len(targeted)
     for key in ("edit_success", "psnr_kept", "psnr_changed", "vae_ceiling_edit_success", "vae_ceiling_psnr_kept"):
         assert np.isfinite(res[key]), key
     assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]

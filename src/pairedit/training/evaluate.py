@@ -114,6 +114,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor(list(afters))))
     by_cat: dict[str, list[dict]] = {}
     targeted: dict[int, list[dict]] = {}  # edits naming an object ("the circle"), by objects in the scene
+    by_size: dict[str, list[dict]] = {}  # ... and by the named object's size
     chosen = []  # busy scenes: did the output edit the named object, another one, or none?
     rows_in_order = []
     for p, before, after, out, ceil in zip(pairs, befores, afters, outputs, ceilings):
@@ -130,6 +131,8 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
         by_cat.setdefault(p.edit.category, []).append(row)
         if p.edit.target is not None:
             targeted.setdefault(len(p.before.objects), []).append(row)
+            named = next(o for o in p.before.objects if o.shape == p.edit.target)
+            by_size.setdefault(named.size, []).append(row)
             which = which_object(out, before, after, p.before, p.edit, size)
             if which is not None:
                 chosen.append((row["edit_success"], which))
@@ -140,6 +143,8 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     per_cat = {c: {"n": len(v), **means(v)} for c, v in sorted(by_cat.items())}
     # With one object "the circle" is given away; with two or three the model must find it (binding).
     by_objects = {str(k): {"n": len(v), **means(v)} for k, v in sorted(targeted.items())}
+    # A small object covers ≈ 3×3 latent cells: hard to find, and its change is near the VAE's error.
+    sizes = {s: {"n": len(by_size[s]), **means(by_size[s])} for s in world.SIZES if s in by_size}
     overall = means(rows_in_order)
     # The vague instruction: which drawing style does each output land on?
     shares = _vague_style_shares(pipe, n_vague, sampler) if n_vague else {}
@@ -152,6 +157,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "psnr_kept": overall["psnr_kept"], "psnr_changed": overall["psnr_changed"],
             "vae_ceiling_psnr_kept": overall["vae_ceiling_psnr_kept"],
             "targeted_edits_by_objects_in_scene": by_objects,
+            "targeted_edits_by_object_size": sizes,
             "targeted_edits_object_chosen": _object_chosen_shares(chosen),
             # one character per held-out pair, in order: paired comparisons of two models (metrics.mcnemar)
             "per_pair_edit_success": "".join(str(int(r["edit_success"])) for r in rows_in_order),
