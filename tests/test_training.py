@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,8 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     # With train_text_encoder the text encoder learns too, and is saved, snapshotted and exported with the UNet.
     joint = run / "joint"
     train_ip2p(joint, IP2PTrainConfig(out=str(joint / "ip2p"), batch_size=2, lr=1e-2, n_pairs=8,
-                                      base=str(bundle / "ip2p"), train_text_encoder=True, edit_region_weight=4.0, **few))
+                                      base=str(bundle / "ip2p"), train_text_encoder=True, edit_region_weight=4.0,
+                                      object_weight=2.0, **few))
     base_te, te = (CLIPTextModel.from_pretrained(f) for f in (bundle / "ip2p" / "text_encoder",
                                                                joint / "ip2p" / "final" / "text_encoder"))
     assert not torch.equal(te.final_layer_norm.weight, base_te.final_layer_norm.weight.float())
@@ -272,12 +274,22 @@ def test_changed_cells_mark_the_latent_cells_an_edit_touches(tmp_path, monkeypat
     monkeypatch.setattr(trainers, "PAIRS_PER_FILE", 3)
     vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
     with torch.no_grad():
-        edits, lat = trainers.training_pairs(tmp_path, 4, 0, vae, binding=2, with_changed=True)
-    assert lat["changed"].shape == (6, 1, 16, 16) and (tmp_path / "data" / "pair_changed_1.safetensors").exists()
+        edits, lat = trainers.training_pairs(tmp_path, 4, 0, vae, binding=2, cells=("changed", "objects"))
+    assert lat["changed"].shape == lat["objects"].shape == (6, 1, 16, 16)
+    assert (tmp_path / "data" / "pair_changed_1.safetensors").exists()
     pixels = trainers.pairs_dataset(tmp_path / "data" / "binding_pairs.npz", 2, 0, kind="binding")
     assert torch.equal(lat["changed"][4:], trainers.changed_cells(pixels["before"], pixels["after"], 16))
     share = lat["changed"][4:].float().mean().item()
     assert 0 < share < 0.5  # an edit that names one object changes a small part of the image
+    # Object cells are drawn again from each file's random stream: every object of both scenes, which holds
+    # what an object edit changes and the objects it must leave alone.
+    rng = random.Random("binding:0")
+    for i in (4, 5):
+        pair = world.binding_pair(rng, "train")
+        assert pair.edit == edits[i]
+        per_object = trainers.pixels_to_cells(world.object_masks(pair.before), 16)
+        assert all(lat["objects"][i][cells].all() for cells in per_object)  # each object, the unchanged ones too
+        assert lat["objects"][i].sum() < 256 and not (lat["changed"][i] & ~lat["objects"][i]).any()  # edges included
 
 
 def test_edit_region_weight_shifts_each_pairs_loss_to_the_changed_cells(tiny):

@@ -80,6 +80,10 @@ def add_cli(sub) -> None:
                    help="ip2p: the latent cells an edit changes weigh 1+LAMBDA in each pair's loss (normalised per "
                         "pair), so that an object edit's loss is less about copying the rest of the image "
                         "(default 0: the paper's unweighted loss)")
+    p.add_argument("--object-weight", type=float, default=None, metavar="LAMBDA",
+                   help="ip2p: the latent cells of every object in a pair's before- or after-scene weigh 1+LAMBDA in "
+                        "its loss (added to --edit-region-weight; normalised per pair): the named object and the ones "
+                        "an edit must leave alone (default 0: the paper's unweighted loss)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="",
                    help="clip/t2i/ip2p: checkpoint to start from (a CLIP folder for clip; an SD folder or hub id for "
@@ -139,7 +143,8 @@ def run_cli(args: argparse.Namespace) -> int:
     cls, fn, defaults = STAGES[args.stage]
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
-                 "compound_pairs", "train_text_encoder", "text_tower", "edit_region_weight"):
+                 "compound_pairs", "train_text_encoder", "text_tower", "edit_region_weight",
+                 "object_weight"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,7 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
                             f"latents) to draw it again")
         out = {"edits": edits[:n], "after_captions": json.loads(str(data["after_captions"]))[:n]}
         return {"before": data["before"][:n], "after": data["after"][:n], **out} if pixels else out
-    stream, draw = PAIR_KINDS[kind]
-    rng = random.Random(f"{stream}:{seed}" if part == 0 else f"{stream}:{seed}:part{part}")
+    rng, draw = _pair_stream(kind, seed, part)
     size = world.IMAGE_SIZE
     before = np.zeros((n, size, size, 3), np.uint8)
     after = np.zeros((n, size, size, 3), np.uint8)
@@ -79,6 +79,34 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
     np.savez(path, before=before, after=after, after_captions=np.array(json.dumps(captions)),
              edits=np.array(json.dumps([edit_record(e) for e in edits])))
     return {"before": before, "after": after, "edits": edits, "after_captions": captions}
+
+
+def _pair_stream(kind: str, seed: int, part: int) -> tuple[random.Random, Callable[..., world.Pair]]:
+    """The random stream of one pair file and the function that draws its pairs."""
+    stream, draw = PAIR_KINDS[kind]
+    return random.Random(f"{stream}:{seed}" if part == 0 else f"{stream}:{seed}:part{part}"), draw
+
+
+def object_pixels(path: Path, n: int, seed: int, part: int = 0, kind: str = "usual") -> np.ndarray:
+    """(n, 64, 64) bool: the pixels covered by any object of each pair's before- or after-scene, grown by one pixel
+    (anti-aliased edges belong to the object), for the first ``n`` pairs of the file ``pairs_dataset`` wrote at
+    ``path``. The files keep images and edits, not scenes, so the scenes are drawn again from the file's random
+    stream (as slow as drawing the pairs was) and checked against the stored edits."""
+    stored = pairs_dataset(path, n, seed, part, pixels=False, kind=kind)["edits"]
+    rng, draw = _pair_stream(kind, seed, part)
+    out = np.zeros((n, world.IMAGE_SIZE, world.IMAGE_SIZE), bool)
+    for i in tqdm(range(n), desc=f"object masks of {kind} pairs", mininterval=5):
+        pair = draw(rng, "train")
+        if pair.edit != stored[i]:
+            raise UserError(f"{path}: pair {i} was drawn by another version of the world; delete the file (and its "
+                            f"latents) to draw it again")
+        for scene in (pair.before, pair.after):
+            if scene.objects:
+                out[i] |= world.object_masks(scene).any(axis=0)
+        padded = np.pad(out[i], 1)
+        out[i] = np.any([padded[dy:dy + world.IMAGE_SIZE, dx:dx + world.IMAGE_SIZE]
+                         for dy in range(3) for dx in range(3)], axis=0)
+    return out
 
 
 def edit_record(edit: world.Edit | world.CompoundEdit) -> list:

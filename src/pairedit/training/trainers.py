@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from .common import (
     training_device,
     write_json,
 )
-from .data import pairs_dataset, partial_caption, scenes_dataset, to_clip_input, to_unit
+from .data import object_pixels, pairs_dataset, partial_caption, scenes_dataset, to_clip_input, to_unit
 
 
 def _final(run: Path, stage: str) -> Path:
@@ -262,20 +263,35 @@ def changed_cells(before: np.ndarray, after: np.ndarray, latent_size: int, thres
     """Which latent cells an edit changes: (n, 1, h, w) bool, a cell being True when any pixel it covers moved by
     more than ``threshold`` (of 255) in any channel. Latent differences cannot say it: the encoder's receptive
     field spreads a small edit over most of the 16×16 latent."""
-    out = []
-    for i in range(0, len(before), 4096):
-        diff = np.abs(after[i:i + 4096].astype(np.int16) - before[i:i + 4096].astype(np.int16)).max(-1) > threshold
-        cells = F.adaptive_max_pool2d(torch.from_numpy(diff).float()[:, None], latent_size)
-        out.append(cells.bool())
-    return torch.cat(out)
+    return pixels_to_cells(np.abs(after.astype(np.int16) - before.astype(np.int16)).max(-1) > threshold, latent_size)
+
+
+def pixels_to_cells(mask: np.ndarray, latent_size: int) -> torch.Tensor:
+    """(n, H, W) bool pixels → (n, 1, h, w) bool latent cells, a cell being True when any pixel it covers is."""
+    return torch.cat([F.adaptive_max_pool2d(torch.from_numpy(mask[i:i + 4096]).float()[:, None], latent_size).bool()
+                      for i in range(0, len(mask), 4096)])
+
+
+def _changed_cells_of_file(args: tuple, kind: str, latent_size: int) -> torch.Tensor:
+    pixels = pairs_dataset(*args, kind=kind)
+    return changed_cells(pixels["before"], pixels["after"], latent_size)
+
+
+def _object_cells_of_file(args: tuple, kind: str, latent_size: int) -> torch.Tensor:
+    return pixels_to_cells(object_pixels(*args, kind=kind), latent_size)
+
+
+# Per-pair latent-cell masks the InstructPix2Pix trainer can weight its loss with (IP2PTrainConfig).
+CELL_MASKS = {"changed": _changed_cells_of_file, "objects": _object_cells_of_file}
 
 
 def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound: int = 0,
-                   with_changed: bool = False) -> tuple[list, dict[str, torch.Tensor]]:
+                   cells: tuple[str, ...] = ()) -> tuple[list, dict[str, torch.Tensor]]:
     """The first ``n`` training pairs, then ``binding`` pairs that name one object of a busy scene and
     ``compound`` pairs with two edits in one instruction: their edits and VAE latents (before, after), from
     files of ``PAIRS_PER_FILE`` pairs. A larger count adds files and keeps the earlier pairs as they were.
-    ``with_changed`` adds "changed", each pair's ``changed_cells`` (cached next to the latents)."""
+    ``cells`` adds per-pair latent-cell masks named in ``CELL_MASKS`` (cached next to the latents): "changed"
+    (``changed_cells``) and "objects" (the cells of every object in the before- or after-scene)."""
     edits, latents = [], []
     with main_process_first():
         for prefix, count, kind in (("pair", n, "usual"), ("binding_pair", binding, "binding"),
@@ -287,15 +303,11 @@ def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound
                 edits += pairs_dataset(*args, pixels=False, kind=kind)["edits"]
                 lat = _cached_latents(run, f"{prefix}_latents{suffix}", vae, lambda args=args, k=kind: {
                     k2: v for k2, v in pairs_dataset(*args, kind=k).items() if k2 in ("before", "after")})
-                if with_changed:
-                    def changed(args=args, kind=kind, size=lat["after"].shape[-1]) -> dict[str, torch.Tensor]:
-                        pixels = pairs_dataset(*args, kind=kind)
-                        return {"changed": changed_cells(pixels["before"], pixels["after"], size)}
-
-                    lat = {**lat, **_cached_tensors(run, f"{prefix}_changed{suffix}", changed)}
+                for name in cells:
+                    mask = partial(CELL_MASKS[name], args, kind, lat["after"].shape[-1])
+                    lat |= _cached_tensors(run, f"{prefix}_{name}{suffix}", lambda name=name, mask=mask: {name: mask()})
                 latents.append({k: v[:size] for k, v in lat.items()})  # a file may hold more than asked for
-    keys = ("before", "after", "changed") if with_changed else ("before", "after")
-    return edits, {k: torch.cat([lat[k] for lat in latents]) for k in keys}
+    return edits, {k: torch.cat([lat[k] for lat in latents]) for k in ("before", "after", *cells)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,6 +468,9 @@ class IP2PTrainConfig(LoopConfig):
     # pair. InstructPix2Pix §3.2 uses the plain loss (0). An object edit changes ≈ 10% of the cells, so its loss
     # is mostly about copying the rest; λ = 4 gives the changed cells ≈ 36% of it (docs/models.md, session 23).
     edit_region_weight: float = 0.0
+    # λ_obj: the latent cells of every object in the before- or after-scene weigh 1 + λ_obj (added to the above):
+    # the named object, where the edit must happen, and the others, where it must not. 0 = the paper's loss.
+    object_weight: float = 0.0
 
 
 class UNetAndTextEncoder(torch.nn.Module):
@@ -494,8 +509,9 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     if unet is None:
         unet = UNet2DConditionModel.from_pretrained(_final(run, "t2i"))
     unet = models.training_attention(models.widen_conv_in(unet, 8).to(text_encoder.device), cfg.mixed_precision)
-    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs,
-                                with_changed=cfg.edit_region_weight > 0)
+    weights = {"changed": cfg.edit_region_weight, "objects": cfg.object_weight}
+    weights = {k: w for k, w in weights.items() if w}
+    edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs, tuple(weights))
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     if cfg.train_text_encoder:
@@ -515,7 +531,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
         both = (r >= cfg.drop_text + cfg.drop_image) & (r < cfg.drop_text + cfg.drop_image + cfg.drop_both)
         text = embed(["" if drop else t for t, drop in zip(texts, (no_text | both).tolist())])  # c_T = ∅_T: ""
         image_cond = torch.where((no_image | both).view(-1, 1, 1, 1), torch.zeros_like(image_cond), image_cond)
-        weight = 1.0 + cfg.edit_region_weight * lat["changed"][idx].float() if cfg.edit_region_weight > 0 else None
+        weight = 1.0 + sum(w * lat[k][idx].float() for k, w in weights.items()) if weights else None
         return denoising_loss(unet, scheduler, lat["after"][idx].float() * sf, text, gen, image_cond, cfg.snr_gamma,
                               weight)
 
