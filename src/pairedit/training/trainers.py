@@ -466,10 +466,12 @@ class IP2PTrainConfig(LoopConfig):
     train_text_encoder: bool = False
     # λ: the latent cells an edit changes (``changed_cells``) weigh 1 + λ in each pair's loss, normalised per
     # pair. InstructPix2Pix §3.2 uses the plain loss (0). An object edit changes ≈ 10% of the cells, so its loss
-    # is mostly about copying the rest; λ = 4 gives the changed cells ≈ 36% of it (docs/models.md, session 23).
+    # is mostly about copying the rest; λ = 4 gives the changed cells ≈ 36% of it. Measured in session 23
+    # (docs/models.md): gate +1.4 points (p = 0.42), binding −2.5 (p = 0.03), so not used for the bundle.
     edit_region_weight: float = 0.0
     # λ_obj: the latent cells of every object in the before- or after-scene weigh 1 + λ_obj (added to the above):
     # the named object, where the edit must happen, and the others, where it must not. 0 = the paper's loss.
+    # λ_obj = 3 (objects ≈ 60% of a pair's loss) is under test (docs/models.md, session 23).
     object_weight: float = 0.0
 
 
