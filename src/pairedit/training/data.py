@@ -103,10 +103,8 @@ def object_pixels(path: Path, n: int, seed: int, part: int = 0, kind: str = "usu
         for scene in (pair.before, pair.after):
             if scene.objects:
                 out[i] |= world.object_masks(scene).any(axis=0)
-        padded = np.pad(out[i], 1)
-        out[i] = np.any([padded[dy:dy + world.IMAGE_SIZE, dx:dx + world.IMAGE_SIZE]
-                         for dy in range(3) for dx in range(3)], axis=0)
-    return out
+    padded, size = np.pad(out, ((0, 0), (1, 1), (1, 1))), world.IMAGE_SIZE  # grow by one pixel (3×3 dilation)
+    return np.any([padded[:, dy:dy + size, dx:dx + size] for dy in range(3) for dx in range(3)], axis=0)
 
 
 def edit_record(edit: world.Edit | world.CompoundEdit) -> list:

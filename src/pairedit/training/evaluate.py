@@ -131,8 +131,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
         by_cat.setdefault(p.edit.category, []).append(row)
         if p.edit.target is not None:
             targeted.setdefault(len(p.before.objects), []).append(row)
-            named = next(o for o in p.before.objects if o.shape == p.edit.target)
-            by_size.setdefault(named.size, []).append(row)
+            by_size.setdefault(p.before.objects[p.before.find(p.edit.target)].size, []).append(row)
             which = which_object(out, before, after, p.before, p.edit, size)
             if which is not None:
                 chosen.append((row["edit_success"], which))
