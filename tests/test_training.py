@@ -26,6 +26,7 @@ from pairedit.training.trainers import (
     export_bundle,
     export_clip,
     export_unet,
+    export_vae,
     snapshot_unet,
     train_clip,
     train_ip2p,
@@ -221,6 +222,23 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
         assert torch.allclose(exported.final_layer_norm.weight.float(), te.final_layer_norm.weight, atol=1e-2)
     with pytest.raises(UserError, match="--base"):
         train_clip(refit, ClipTrainConfig(out=str(refit / "clip2"), batch_size=4, lr=1e-2, text_tower=str(bundle), **few))
+    # The bundle's VAE decoder fine-tunes on (from posterior means) in a run of its own and goes back into both
+    # pipelines with the encoder, hence the latents the UNets were trained on, unchanged.
+    dec = run / "decoder"
+    train_vae_decoder(dec, VaeTrainConfig(out=str(dec / "vae_decoder"), batch_size=2, lr=1e-2, n_scenes=16,
+                                          base=str(bundle / "ip2p"), decode_from="mode", **few))
+    old_vae = AutoencoderKL.from_pretrained(bundle / "sd" / "vae")
+    assert export_vae(dec, bundle) == [bundle / "sd" / "vae", bundle / "ip2p" / "vae"]
+    for folder in ("sd", "ip2p"):
+        new_vae = AutoencoderKL.from_pretrained(bundle / folder / "vae")
+        for (name, a), b in zip(old_vae.state_dict().items(), new_vae.state_dict().values()):
+            assert torch.equal(a, b) == (not name.startswith(("decoder.", "post_quant_conv."))), name
+    other = run / "other"  # a VAE trained from another start has other latents
+    AutoencoderKL(**models.vae_config((8, 8, 8))).save_pretrained(other / "vae_decoder" / "final")
+    with pytest.raises(UserError, match="encoder differs"):
+        export_vae(other, bundle)
+    with pytest.raises(UserError, match="decode_from"):
+        train_vae_decoder(dec, VaeTrainConfig(out=str(dec / "x"), batch_size=2, lr=1e-2, decode_from="mean", **few))
 
 
 def test_a_larger_pair_pool_adds_files_and_keeps_the_pairs_already_drawn(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from .trainers import (
     export_bundle,
     export_clip,
     export_unet,
+    export_vae,
     snapshot_unet,
     train_clip,
     train_ip2p,
@@ -84,11 +85,15 @@ def add_cli(sub) -> None:
                    help="ip2p: the latent cells of every object in a pair's before- or after-scene weigh 1+LAMBDA in "
                         "its loss (added to --edit-region-weight; normalised per pair): the named object and the ones "
                         "an edit must leave alone (default 0: the paper's unweighted loss)")
+    p.add_argument("--decode-from", choices=("sample", "mode"), default=None,
+                   help="vae-decoder: decode posterior samples (default, as LDM's autoencoders train) or the posterior "
+                        "mean, the latent the diffusion models are trained on and produce")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (default 250)")
     p.add_argument("--base", default="",
-                   help="clip/t2i/ip2p: checkpoint to start from (a CLIP folder for clip; an SD folder or hub id for "
-                        "t2i/ip2p; for ip2p also an InstructPix2Pix folder such as src/pairedit/bundled/ip2p to continue "
-                        "it); its tokenizer, text encoder and VAE are used. Default: the run's own")
+                   help="clip/vae-decoder/t2i/ip2p: checkpoint to start from (a CLIP folder for clip; an SD folder or "
+                        "hub id for t2i/ip2p; for ip2p also an InstructPix2Pix folder such as src/pairedit/bundled/ip2p "
+                        "to continue it); its tokenizer, text encoder and VAE are used; vae-decoder fine-tunes that "
+                        "folder's VAE. Default: the run's own")
     p.add_argument("--text-tower", default=None,
                    help="clip (with --base): a text encoder folder, e.g. RUN/ip2p/final/text_encoder of a "
                         "--train-text-encoder run, that replaces CLIP's text tower and stays frozen while the image "
@@ -98,6 +103,9 @@ def add_cli(sub) -> None:
     p.add_argument("--unet-only", action="store_true",
                    help="export only: put just the --of stage's UNet into the bundle (for a run that continued a "
                         "bundled model with --base; the bundle's other parts stay)")
+    p.add_argument("--vae-only", action="store_true",
+                   help="export only: put just the run's fine-tuned VAE (vae-decoder) into the bundle's pipelines; "
+                        "its encoder must be theirs")
     p.add_argument("--clip-only", action="store_true",
                    help="export only: put just the run's CLIP into the bundle, and its text tower as the text encoder "
                         "of the bundle's sd and ip2p pipelines (after `clip --base ... --text-tower ...`)")
@@ -135,6 +143,8 @@ def run_cli(args: argparse.Namespace) -> int:
         dest = {"dest": Path(args.dest)} if args.dest else {}
         if args.clip_only:
             print(f"wrote {export_clip(run, **dest)} and its text tower into the pipelines beside it")
+        elif args.vae_only:
+            print("wrote " + ", ".join(str(p) for p in export_vae(run, **dest)))
         elif args.unet_only:
             print(f"wrote {export_unet(run, args.of, **dest) / 'unet'}")
         else:
@@ -144,7 +154,7 @@ def run_cli(args: argparse.Namespace) -> int:
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
                  "compound_pairs", "train_text_encoder", "text_tower", "edit_region_weight",
-                 "object_weight"):
+                 "object_weight", "decode_from"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

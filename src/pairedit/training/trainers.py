@@ -155,17 +155,27 @@ class VaeTrainConfig(LoopConfig):
     channels: tuple[int, ...] = (32, 64, 64)
     n_scenes: int = 40_000
     kl_weight: float = 1e-6  # as in LDM's KL-f8 autoencoder: the KL only keeps the latent bounded
+    # vae-decoder only: which latent the decoder learns to decode. 'sample' (as LDM's autoencoders train, and as
+    # sessions 2 and 8 did) draws from the posterior, whose std here is 0.34 against the means' 0.82 (session 24);
+    # 'mode' decodes the posterior mean, the latent every diffusion model here is trained on and produces.
+    decode_from: str = "sample"
+    base: str = ""  # vae-decoder only: the VAE to fine-tune (a VAE folder or a pipeline folder); default the run's
 
 
-def _vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float) -> torch.Tensor:
+def _vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float, decode_from: str = "sample"
+              ) -> torch.Tensor:
     posterior = vae.encode(x).latent_dist
-    rec = vae.decode(posterior.sample(generator=gen)).sample
+    z = posterior.mode() if decode_from == "mode" else posterior.sample(generator=gen)
+    rec = vae.decode(z).sample
     return F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + kl_weight * posterior.kl().mean()
 
 
 def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
     from diffusers import AutoencoderKL
 
+    if cfg.base:
+        raise UserError("train vae trains a VAE from scratch; to continue one, fine-tune its decoder with "
+                        "`train vae-decoder --base FOLDER`")
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**models.vae_config(tuple(cfg.channels)))
@@ -191,18 +201,24 @@ def train_vae(run: Path, cfg: VaeTrainConfig) -> None:
 
 def train_vae_decoder(run: Path, cfg: VaeTrainConfig) -> None:
     """Fine-tune only the VAE decoder (as SD's ft-MSE VAE did): the encoder, hence every latent the
-    diffusion models were trained on, stays exactly the same, while reconstructions get sharper."""
+    diffusion models were trained on, stays exactly the same, while reconstructions get sharper.
+
+    ``cfg.base`` continues a shipped VAE (e.g. src/pairedit/bundled/ip2p); ``export --vae-only`` puts the
+    result into a bundle's pipelines.
+    """
     from diffusers import AutoencoderKL
 
+    if cfg.decode_from not in ("sample", "mode"):
+        raise UserError(f"decode_from must be 'sample' or 'mode', not {cfg.decode_from!r}")
     t0 = time.time()
-    vae = AutoencoderKL.from_pretrained(_final(run, "vae"))
+    vae = _base_vae(cfg.base) if cfg.base else AutoencoderKL.from_pretrained(_final(run, "vae"))
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(False)
     pixels = training_scenes(run, cfg.n_scenes, cfg.seed)["pixels"]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen).numpy()
-        return _vae_loss(vae, to_unit(pixels[idx]).to(vae.device), gen, 0.0)
+        return _vae_loss(vae, to_unit(pixels[idx]).to(vae.device), gen, 0.0, cfg.decode_from)
 
     vae = train_loop(cfg, vae, loss_fn, "vae_decoder").eval()
     if not is_main_process():  # under `accelerate launch` one process writes the model
@@ -395,6 +411,13 @@ class T2ITrainConfig(LoopConfig):
     base: str = ""  # continue from a text-to-image checkpoint (folder or hub id); '' = a new UNet on the run's parts
 
 
+def _base_vae(base: str):
+    """The VAE of a stock SD / InstructPix2Pix folder or hub id, in fp32."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(models.resolve(base, "sd"), subfolder="vae", dtype=torch.float32)
+
+
 def _frozen_parts(run: Path, base: str):
     """(tokenizer, text encoder, VAE, base UNet or None): from a stock SD folder / hub id, or from the run."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -405,7 +428,7 @@ def _frozen_parts(run: Path, base: str):
         path = models.resolve(base, "sd")
         return (CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
                 CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32).eval().to(device),
-                AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32).eval().to(device),
+                _base_vae(base).eval().to(device),
                 UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32))
     return (_tokenizer(run),
             models.text_encoder_from_clip(CLIPModel.from_pretrained(_final(run, "clip"))).eval().to(device),
@@ -629,6 +652,28 @@ def export_unet(run: Path, stage: str = "ip2p", dest: Path = models.BUNDLED_DIR,
         text_encoder.save_pretrained(folder / "text_encoder")
     write_json(folder / "trained.json", json.loads((final / "trained.json").read_text()))
     return folder
+
+
+def export_vae(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16) -> list[Path]:
+    """Replace the VAE of an existing bundle's pipelines with the run's fine-tuned one (``vae-decoder``).
+
+    Its encoder must be the bundle's: the diffusion models were trained on that encoder's latents.
+    """
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(_final(run, "vae_decoder")).to(dtype)
+    written = []
+    for folder in models.UNET_FOLDER.values():
+        target = Path(dest) / folder / "vae"
+        if not target.exists():
+            continue
+        old = AutoencoderKL.from_pretrained(target).to(dtype).encoder.state_dict()
+        if any(not torch.equal(old[k], v) for k, v in vae.encoder.state_dict().items()):
+            raise UserError(f"{target}: its encoder differs from the run's, so the latents the UNet was trained on "
+                            "would change; fine-tune that VAE's decoder instead (`train vae-decoder --base ...`)")
+        vae.save_pretrained(target)
+        written.append(target)
+    return written
 
 
 def export_clip(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype = torch.float16) -> Path:
