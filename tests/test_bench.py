@@ -180,6 +180,26 @@ def test_rerun_skips_finished_work_and_recomputes_corrupt_entries(first_run, bun
     assert clean_scores(third) == clean_scores(records)
 
 
+def test_a_new_vae_decoder_reruns_the_units_it_shapes(bundle, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    other = tmp_path / "bundle"
+    shutil.copytree(bundle, other)
+    vae = AutoencoderKL.from_pretrained(other / "ip2p" / "vae")
+    vae.decoder.conv_out.bias.data += 0.1  # what `train vae-decoder` + `export --vae-only` change
+    vae.save_pretrained(other / "ip2p" / "vae")
+    config = micro_config(bundle, tmp_path, methods=["ip2p"], edits=["recolor"])
+    _, first, info = run_benchmark(config, 0, 1, progress=False)
+    assert info.stats.computed == len(first) > 0
+    _, second, info = run_benchmark(replace(config, model=str(other)), 0, 1, progress=False)
+    assert info.stats.computed == len(first) and info.stats.reused == 0  # not the old decoder's results
+    assert clean_scores(second) != clean_scores(first)
+    _, _, info = run_benchmark(replace(config, model=str(other)), 0, 1, progress=False)
+    assert info.stats.reused == len(first)
+
+
 def test_killed_run_resumes_where_it_stopped(bundle, tmp_path, monkeypatch):
     config = micro_config(bundle, tmp_path, methods=["ip2p", "visii-mse-gt-1p-*"])
     total = 3 * 2

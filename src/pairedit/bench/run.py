@@ -87,8 +87,11 @@ class Context:
         self.sd = load_sd(names.sd, device=device) if names.sd and any(m.model == "sd" for m in plan.methods) else None
         self.clip, self.processor = load_clip(names.clip, device=device)
         self.clip_features = ClipFeatures(self.clip, self.processor)
-        self.fingerprints = {"ip2p": fingerprint(self.ip2p.unet, self.ip2p.text_encoder),
-                             "sd": fingerprint(self.sd.unet, self.sd.text_encoder) if self.sd is not None else None,
+        # The cache keys: every part that shapes a unit's output images, the VAE included (a decoder fine-tune
+        # changes them while the UNet, text encoder and hence learned instructions stay valid).
+        self.fingerprints = {"ip2p": fingerprint(self.ip2p.unet, self.ip2p.text_encoder, self.ip2p.vae),
+                             "sd": (fingerprint(self.sd.unet, self.sd.text_encoder, self.sd.vae)
+                                    if self.sd is not None else None),
                              "clip": fingerprint(self.clip)}
         self._instructions: dict[str, object] = {}
 
