@@ -195,7 +195,7 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     joint = run / "joint"
     train_ip2p(joint, IP2PTrainConfig(out=str(joint / "ip2p"), batch_size=2, lr=1e-2, n_pairs=8,
                                       base=str(bundle / "ip2p"), train_text_encoder=True, edit_region_weight=4.0,
-                                      object_weight=2.0, **few))
+                                      object_weight=2.0, twin_pairs=2, **few))
     base_te, te = (CLIPTextModel.from_pretrained(f) for f in (bundle / "ip2p" / "text_encoder",
                                                                joint / "ip2p" / "final" / "text_encoder"))
     assert not torch.equal(te.final_layer_norm.weight, base_te.final_layer_norm.weight.float())
@@ -276,6 +276,26 @@ def test_binding_and_compound_pairs_come_after_the_pool_from_their_own_streams(t
     assert stored == edits[5:] == [edit_from_record(edit_record(e)) for e in stored]
     with pytest.raises(UserError, match="holds 2 pairs, fewer than the 3"):
         trainers.pairs_dataset(tmp_path / "data" / "compound_pairs.npz", 3, 0)
+
+
+def test_twin_pairs_come_two_by_two_from_their_own_stream(tmp_path, monkeypatch):
+    from pairedit.training import data, trainers
+
+    monkeypatch.setattr(trainers, "PAIRS_PER_FILE", 5)  # odd: a file's last twin loses its partner
+    vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
+    with torch.no_grad():
+        edits, lat = trainers.training_pairs(tmp_path, 2, 0, vae, twins=8, cells=("objects",))
+    twins = edits[2:]
+    assert len(twins) == 8 and lat["before"].shape[0] == lat["objects"].shape[0] == 10
+    stream = data._pair_stream("twins", 0, 0)
+    assert twins[:5] == [next(stream).edit for _ in range(5)]  # twin after twin, in the file's order
+    before = trainers.pairs_dataset(tmp_path / "data" / "twin_pairs.npz", 5, 0, kind="twins")["before"]
+    for i in (0, 2):  # each twin: one edit type, two objects of one before-image
+        assert twins[i].type == twins[i + 1].type and twins[i].target != twins[i + 1].target
+        assert np.array_equal(before[i], before[i + 1])
+    # the file's second part starts a stream of its own
+    stream = data._pair_stream("twins", 0, 1)
+    assert twins[5:8] == [next(stream).edit for _ in range(3)]
 
 
 def test_changed_cells_mark_the_latent_cells_an_edit_touches(tmp_path, monkeypatch):

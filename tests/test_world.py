@@ -98,6 +98,23 @@ def test_binding_pairs_name_one_object_of_a_busy_scene():
         world.scene_for(Edit("remove", target="star"), rng, n_objects=(4,))
 
 
+def test_binding_twins_aim_one_edit_at_two_objects_of_one_scene():
+    rng = random.Random(6)
+    twins = [world.binding_twins(rng, "train") for _ in range(60)]
+    for a, b in twins:
+        assert a.before == b.before and len(a.before.objects) in (2, 3) and a.before.split == "train"
+        assert (a.edit.type, a.edit.value) == (b.edit.type, b.edit.value) and a.edit.target != b.edit.target
+        assert {a.edit.target, b.edit.target} <= {o.shape for o in a.before.objects}
+        assert not world.is_heldout_combo(a.edit) and not world.is_heldout_combo(b.edit)
+        assert a.after == apply_edit(a.before, a.edit) and b.after == apply_edit(b.before, b.edit)
+        assert world.changes_image(a.after, b.after)  # the two truths differ where the named objects are
+        # worded alike: the instructions differ only in the shape word
+        assert a.instruction.replace(a.edit.target, b.edit.target) == b.instruction
+    assert {a.edit.category for a, _ in twins} == set(world.TARGETED_CATEGORIES)
+    a, b = world.binding_twins(random.Random(6), "test")
+    assert a.before.split == "test" and world.is_heldout_combo(a.edit) and world.is_heldout_combo(b.edit)
+
+
 def test_compound_pairs_show_both_edits_and_word_them_in_one_sentence():
     rng = random.Random(5)
     pairs = [world.compound_pair(rng, "train") for _ in range(60)]

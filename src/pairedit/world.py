@@ -678,6 +678,29 @@ def binding_pair(rng: random.Random, split: str = "train") -> Pair:
     return make_pair(edit, rng, split, scene_for(edit, rng, split, n_objects=(2, 3)))
 
 
+def binding_twins(rng: random.Random, split: str = "train") -> tuple[Pair, Pair]:
+    """Two edits of one busy scene that differ only in the object they name ("make the circle red" and "make
+    the square red", worded alike): a counterfactual pair, which only a model that reads the shape word can
+    fit both of (a ``binding_pair`` may also be fitted by editing, say, the most salient object)."""
+    for _ in range(1000):
+        edit = _random_edit_in(rng, split, TARGETED_CATEGORIES)
+        scene = scene_for(edit, rng, split, n_objects=(2, 3))
+        after = apply_edit(scene, edit)
+        others = [o.shape for o in scene.objects if o.shape != edit.target]
+        rng.shuffle(others)
+        for shape in others:
+            twin = Edit(edit.type, shape, edit.value)
+            if (replaces_with_itself(twin.type, shape) or is_heldout_combo(twin) != (split == "test")
+                    or not is_applicable(scene, twin)):
+                continue
+            twin_after = apply_edit(scene, twin)
+            if changes_image(scene, twin_after) and changes_image(after, twin_after):
+                wording = rng.randrange(len(EDIT_TYPES[edit.type].wordings))
+                return (Pair(scene, after, edit, edit.instruction(wording=wording)),
+                        Pair(scene, twin_after, twin, twin.instruction(wording=wording)))
+    raise WorldError(f"could not sample binding twins for the {split} split")
+
+
 def compound_pair(rng: random.Random, split: str = "train") -> Pair:
     """A scene-wide edit and an object edit in one instruction (``CompoundEdit``), in either order.
 

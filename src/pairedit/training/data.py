@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +41,10 @@ def scenes_dataset(path: Path, n: int, seed: int) -> dict:
     return {"pixels": pixels, "captions": captions}
 
 
-# The kinds of training pair a file can hold, each drawn from a random stream of its own.
+# The kinds of training pair a file can hold, each drawn from a random stream of its own (a draw may give
+# several pairs: binding twins come two at a time, one after the other in the file).
 PAIR_KINDS = {"usual": ("pairs", world.random_pair), "binding": ("binding", world.binding_pair),
-              "compound": ("compound", world.compound_pair)}
+              "compound": ("compound", world.compound_pair), "twins": ("twins", world.binding_twins)}
 
 
 def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True, kind: str = "usual") -> dict:
@@ -52,8 +53,9 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
     ``part`` numbers the files of a larger pool (each drawn from its own random stream), so adding files
     never changes the pairs already drawn. ``pixels=False`` skips reading the 1.5 GB of before/after pixels
     from an existing file (a trainer whose latents are cached needs only the edits). ``kind`` is "usual"
-    (``world.random_pair``), "binding" (edits that name one object of a busy scene, ``world.binding_pair``)
-    or "compound" (a scene-wide and an object edit in one instruction, ``world.compound_pair``).
+    (``world.random_pair``), "binding" (edits that name one object of a busy scene, ``world.binding_pair``),
+    "compound" (a scene-wide and an object edit in one instruction, ``world.compound_pair``) or "twins" (two
+    edits of one busy scene naming different objects, ``world.binding_twins``).
     """
     path = Path(path)
     if path.exists():
@@ -64,13 +66,13 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
                             f"latents) to draw it again")
         out = {"edits": edits[:n], "after_captions": json.loads(str(data["after_captions"]))[:n]}
         return {"before": data["before"][:n], "after": data["after"][:n], **out} if pixels else out
-    rng, draw = _pair_stream(kind, seed, part)
+    stream = _pair_stream(kind, seed, part)
     size = world.IMAGE_SIZE
     before = np.zeros((n, size, size, 3), np.uint8)
     after = np.zeros((n, size, size, 3), np.uint8)
     edits, captions = [], []
     for i in tqdm(range(n), desc=f"rendering {kind} pairs", mininterval=5):
-        pair = draw(rng, "train")
+        pair = next(stream)
         b, a = pair.images()
         before[i], after[i] = np.asarray(b), np.asarray(a)
         edits.append(pair.edit)
@@ -81,10 +83,13 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
     return {"before": before, "after": after, "edits": edits, "after_captions": captions}
 
 
-def _pair_stream(kind: str, seed: int, part: int) -> tuple[random.Random, Callable[..., world.Pair]]:
-    """The random stream of one pair file and the function that draws its pairs."""
+def _pair_stream(kind: str, seed: int, part: int) -> Iterator[world.Pair]:
+    """The pairs of one pair file, in order, drawn from the file's own random stream."""
     stream, draw = PAIR_KINDS[kind]
-    return random.Random(f"{stream}:{seed}" if part == 0 else f"{stream}:{seed}:part{part}"), draw
+    rng = random.Random(f"{stream}:{seed}" if part == 0 else f"{stream}:{seed}:part{part}")
+    while True:
+        drawn = draw(rng, "train")
+        yield from (drawn if isinstance(drawn, tuple) else (drawn,))
 
 
 def object_pixels(path: Path, n: int, seed: int, part: int = 0, kind: str = "usual") -> np.ndarray:
@@ -93,10 +98,10 @@ def object_pixels(path: Path, n: int, seed: int, part: int = 0, kind: str = "usu
     ``path``. The files keep images and edits, not scenes, so the scenes are drawn again from the file's random
     stream (as slow as drawing the pairs was) and checked against the stored edits."""
     stored = pairs_dataset(path, n, seed, part, pixels=False, kind=kind)["edits"]
-    rng, draw = _pair_stream(kind, seed, part)
+    stream = _pair_stream(kind, seed, part)
     out = np.zeros((n, world.IMAGE_SIZE, world.IMAGE_SIZE), bool)
     for i in tqdm(range(n), desc=f"object masks of {kind} pairs", mininterval=5):
-        pair = draw(rng, "train")
+        pair = next(stream)
         if pair.edit != stored[i]:
             raise UserError(f"{path}: pair {i} was drawn by another version of the world; delete the file (and its "
                             f"latents) to draw it again")
