@@ -34,4 +34,10 @@ pairedit train export --run "$RUN-joint" --unet-only --of ip2p     # UNet and it
 pairedit train clip --run "$RUN-clip" --seed 0 --threads 2 --steps 500 --lr 1e-4 \
     --base src/pairedit/bundled/clip --text-tower src/pairedit/bundled/ip2p/text_encoder  # the exported (fp16) one
 pairedit train export --run "$RUN-clip" --clip-only               # CLIP → bundled/clip, its tower → sd/, ip2p/
+# Session 24: the shipped VAE's decoder fine-tuned once more on posterior means (the latents the UNets see);
+# the encoder stays frozen, so the UNets above are unaffected. (The shipped run began as --steps 4000 and was
+# resumed at step 1,387 with --steps 2500: docs/models_eval/decoder_session24.json.)
+pairedit train vae-decoder --run "$RUN-decoder" --seed 0 --threads "$THREADS" --steps 2500 --lr 1e-4 \
+    --decode-from mode --base src/pairedit/bundled/ip2p
+pairedit train export --run "$RUN-decoder" --vae-only              # → bundled/sd/vae, bundled/ip2p/vae
 pairedit train eval --models bundled --out docs/models_eval         # quality gates → docs/models.md
