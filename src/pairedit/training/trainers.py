@@ -159,7 +159,7 @@ class VaeTrainConfig(LoopConfig):
     # sessions 2 and 8 did) draws from the posterior, whose std here is 0.34 against the means' 0.82 (session 24);
     # 'mode' decodes the posterior mean, the latent every diffusion model here is trained on and produces.
     decode_from: str = "sample"
-    base: str = ""  # vae-decoder only: the VAE to fine-tune (a VAE folder or a pipeline folder); default the run's
+    base: str = ""  # vae-decoder only: a pipeline folder or hub id whose vae/ to fine-tune; default the run's own
 
 
 def _vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float, decode_from: str = "sample"
