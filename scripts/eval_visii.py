@@ -182,8 +182,9 @@ class Context:
         self.clip, self.processor = load_clip(self.names.clip, device=args.device)
         self.clip_features = ClipFeatures(self.clip, self.processor)
         self.resolution = model_resolution(self.pipe)
-        self.fingerprints = {"ip2p": fingerprint(self.pipe.unet, self.pipe.text_encoder, self.pipe.vae),  # all that
-                             "clip": fingerprint(self.clip)}  # shapes a unit's outputs: a new decoder reruns them
+        # the cache keys: every part that shapes a unit's outputs (a new VAE decoder reruns them)
+        self.fingerprints = {"ip2p": fingerprint(self.pipe.unet, self.pipe.text_encoder, self.pipe.vae),
+                             "clip": fingerprint(self.clip)}
         self.cache = Cache(args.cache)
 
     def config(self, unit: Unit) -> VisiiConfig:

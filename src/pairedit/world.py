@@ -690,10 +690,12 @@ def binding_twins(rng: random.Random, split: str = "train") -> tuple[Pair, Pair]
         rng.shuffle(others)
         for shape in others:
             twin = Edit(edit.type, shape, edit.value)
-            if (replaces_with_itself(twin.type, shape) or is_heldout_combo(twin) != (split == "test")
-                    or not is_applicable(scene, twin)):
+            if replaces_with_itself(twin.type, shape) or is_heldout_combo(twin) != (split == "test"):
                 continue
-            twin_after = apply_edit(scene, twin)
+            try:
+                twin_after = apply_edit(scene, twin)
+            except EditNotApplicable:
+                continue
             if changes_image(scene, twin_after) and changes_image(after, twin_after):
                 wording = rng.randrange(len(EDIT_TYPES[edit.type].wordings))
                 return (Pair(scene, after, edit, edit.instruction(wording=wording)),
