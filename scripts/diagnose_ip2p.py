@@ -53,14 +53,15 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from pairedit import metrics, models, world
 from pairedit.editing import ip2p_edit, resolution
-from pairedit.images import fit, to_tensor
+from pairedit.images import fit, to_pil, to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
-from pairedit.training.evaluate import eval_ip2p, heldout_pairs
+from pairedit.training.evaluate import eval_ip2p, heldout_pairs, vae_roundtrip
 from pairedit.training.trainers import trained_text_encoder
 
 SWEEP = [dict(steps=20), dict(steps=50), dict(steps=100), dict(steps=20, s_text=3.0), dict(steps=20, s_image=3.0),
@@ -370,28 +371,97 @@ def compound(pipe, n: int) -> dict:
     return res
 
 
+def load_outcomes(path: str) -> str:
+    """The per-pair edit success string of an earlier measurement: FILE or FILE:KEY[:KEY...] (nested entries).
+
+    Accepts this script's ``--json``, a ``train eval`` results file or a bare entry, like ``--against``.
+    """
+    file, keys = path, []
+    while not Path(file).is_file() and ":" in file:  # peel keys off the end until the rest is a file
+        file, _, key = file.rpartition(":")
+        keys.insert(0, key)
+    entry = json.loads(Path(file).read_text())
+    for key in keys:
+        entry = entry[key]
+    entry = entry.get("results", entry.get("ip2p", entry))  # this script's --json, a `train eval` entry, or bare
+    return entry["per_pair_edit_success"]
+
+
 def paired_against(res: dict, path: str) -> dict:
     """McNemar of this measurement's per-pair edit success vs an earlier ``--json`` of it (same pairs, seeds).
 
     ``path`` may end in ``:KEY`` to take one entry of a file that keeps several (models_eval/binding_mix_*.json).
     """
-    file, _, key = path.rpartition(":")
-    if not key or not Path(file).is_file():  # no key, or a colon that belongs to the path itself
-        file, key = path, ""
-    old = json.loads(Path(file).read_text())
-    old = old[key] if key else old
-    old = old.get("results", old.get("ip2p", old))  # this script's --json, a `train eval` entry, or a bare entry
-    a = [c == "1" for c in old["per_pair_edit_success"]]
+    a = [c == "1" for c in load_outcomes(path)]
     b = [c == "1" for c in res["per_pair_edit_success"]]
     only_old, only_new, p = metrics.mcnemar(a, b)
     return {"against": path, "old_edit_success": sum(a) / len(a), "new_edit_success": sum(b) / len(b),
             "only_old": only_old, "only_new": only_new, "p": p}
 
 
+@torch.no_grad()
+def plateau(pipe, outcomes: list[str], seeds: int) -> dict:
+    """Which gate pairs fail under every UNet measured, and why: the autoencoder ceiling, or the sampling seed?
+
+    ``outcomes``: earlier gate measurements (``load_outcomes`` paths) of different UNets on the same 280 pairs
+    and seeds. A pair that fails under all of them bounds what another cycle of the same recipe can reach; the
+    best-of union is an upper bound on picking among them. Pairs that are not always won are retried with
+    ``seeds`` other sampling seeds on ``pipe``: a pair won under some seeds is sampling luck, not a lost edit.
+    """
+    runs = [[c == "1" for c in load_outcomes(path)] for path in outcomes]
+    pairs = heldout_pairs(len(runs[0]))
+    size = resolution(pipe)
+    befores, afters = zip(*((fit(b, size), fit(a, size)) for b, a in (p.images() for p in pairs)))
+    ceilings = to_pil(vae_roundtrip(pipe.vae, to_tensor(list(afters))))
+    rows = []
+    for i, (p, before, after, ceil) in enumerate(zip(pairs, befores, afters, ceilings)):
+        wins = sum(r[i] for r in runs)
+        row = {"index": i, "category": p.edit.category, "wins": wins,
+               "objects": len(p.before.objects) if p.edit.target is not None else None,
+               "vae_ceiling_edit_success": metrics.edit_success(before, ceil, after)}
+        if wins < len(runs) and seeds:  # the gate's seed for pair i is i; these are others
+            outs = [ip2p_edit(pipe, [before], p.edit.instruction(wording=0), seed=10_000 * (k + 1) + i)[0]
+                    for k in range(seeds)]
+            row["other_seed_success"] = sum(metrics.edit_success(before, o, after) for o in outs) / seeds
+        rows.append(row)
+        if (i + 1) % 40 == 0:
+            print(f"{i + 1}/{len(pairs)}", flush=True)
+
+    def describe(sel: list[dict]) -> dict:
+        within = [r for r in sel if r["vae_ceiling_edit_success"]]
+        retried = [r for r in within if "other_seed_success" in r]
+        return {"n": len(sel), "by_category": _counts(r["category"] for r in sel),
+                "targeted_by_objects_in_scene": _counts(str(r["objects"]) for r in sel if r["objects"]),
+                "not_targeted": sum(r["objects"] is None for r in sel),
+                "fail_vae_ceiling": len(sel) - len(within),
+                "within_ceiling_won_by_another_seed": sum(r.get("other_seed_success", 0) > 0 for r in retried),
+                "within_ceiling_mean_other_seed_success": (float(np.mean([r["other_seed_success"] for r in retried]))
+                                                           if retried else None)}
+
+    always_fail = [r for r in rows if r["wins"] == 0]
+    flipping = [r for r in rows if 0 < r["wins"] < len(runs)]
+    res = {"outcomes": outcomes, "n": len(rows), "seeds": seeds,
+           "edit_success_each": [sum(r) / len(r) for r in runs],
+           "always_won": sum(r["wins"] == len(runs) for r in rows),
+           "best_of_edit_success": sum(r["wins"] > 0 for r in rows) / len(rows),
+           "vae_ceiling_edit_success": float(np.mean([r["vae_ceiling_edit_success"] for r in rows])),
+           "always_failed": describe(always_fail), "flipping": describe(flipping),
+           "rows": [r for r in rows if r["wins"] < len(runs)]}
+    print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
+    return res
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "compound",
-                                        "gate"))
+                                        "gate", "plateau"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final; its text_encoder/ "
                                    "too, if the run trained one)")
@@ -401,7 +471,12 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--against", help="binding/compound/gate: an earlier --json of the same measurement, for McNemar "
                     "(FILE or FILE:KEY for one entry of a file that keeps several)")
+    ap.add_argument("--outcomes", nargs="+", metavar="FILE[:KEY]",
+                    help="plateau only: earlier gate measurements of different UNets (as for --against)")
+    ap.add_argument("--seeds", type=int, default=4, help="plateau only: other sampling seeds per pair not always won")
     args = ap.parse_args()
+    if args.what == "plateau" and not args.outcomes:
+        ap.error("plateau needs --outcomes: two or more earlier gate measurements")
     torch.set_num_threads(args.threads)
     pipe = load(args.ip2p, args.unet)
     if args.what == "sweep":
@@ -418,6 +493,8 @@ def main() -> None:
         res = compound(pipe, args.n)
     elif args.what == "gate":
         res = eval_ip2p(pipe)
+    elif args.what == "plateau":
+        res = plateau(pipe, args.outcomes, args.seeds)
     else:
         res = loss_by_split(pipe, args.n, args.run)
     if args.against:

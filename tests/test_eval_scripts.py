@@ -187,6 +187,25 @@ def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):
         assert res["old_edit_success"] == pytest.approx(2 / 7) and res["new_edit_success"] == pytest.approx(6 / 7)
 
 
+def test_diagnose_ip2p_plateau_splits_pairs_by_how_many_runs_won_them(model_dirs, tmp_path):
+    """plateau: pairs won by every run, lost by every run, or flipping; the best-of union; nested FILE:KEY:KEY."""
+    diag = load_script("diagnose_ip2p")
+    (tmp_path / "a.json").write_text(json.dumps({"gates": {"ip2p": {"per_pair_edit_success": "1100"}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"results": {"per_pair_edit_success": "1010"}}))
+    pipe = diag.load(model_dirs["ip2p"], None)
+    res = diag.plateau(pipe, [str(tmp_path / "a.json") + ":gates:ip2p", str(tmp_path / "b.json")], seeds=1)
+    assert res["n"] == 4 and res["edit_success_each"] == [0.5, 0.5]
+    assert res["always_won"] == 1 and res["always_failed"]["n"] == 1 and res["flipping"]["n"] == 2
+    assert res["best_of_edit_success"] == pytest.approx(3 / 4)
+    assert [r["index"] for r in res["rows"]] == [1, 2, 3]  # the pairs not always won, each retried once
+    assert all(r["other_seed_success"] in (0.0, 1.0) for r in res["rows"])
+    for part in ("always_failed", "flipping"):
+        d = res[part]
+        assert sum(d["by_category"].values()) == d["n"]
+        assert sum(d["targeted_by_objects_in_scene"].values()) + d["not_targeted"] == d["n"]
+        assert 0 <= d["fail_vae_ceiling"] <= d["n"]
+
+
 def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
     """scripts/compare_inits.py: both inits on every direction of a shard, then the merged McNemar summary."""
     compare = load_script("compare_inits")
