@@ -128,6 +128,30 @@ def test_shards_compute_disjoint_units_and_the_full_run_reads_them(eval_visii, b
     assert "28 units (1 computed)" in captured.out and "recomputing a damaged cache entry" in captured.err
 
 
+def test_sections_measure_only_the_parts_asked_for(eval_visii, bundle, tmp_path, capsys):
+    """--sections drawing: §2's 12 units only, a report with §2 and the examples; drawing records hold both the
+    exact-pixel and the blurred style shares."""
+    assert eval_visii.main([*tiny_argv(bundle, tmp_path), "--sections", "drawing"]) == 0
+    out = capsys.readouterr().out
+    assert "12 units (12 computed)" in out and "RECOMMENDATION" not in out
+    doc = (tmp_path / "docs" / "visii.md").read_text()
+    assert "## 2. Ambiguous drawing styles" in doc and "## Examples" in doc and "Sections measured: `drawing`" in doc
+    assert "## 1. Edit success" not in doc and "## 3. Hybrid" not in doc and "## 4. `loss_on`" not in doc
+    assert "reproduces, *pixels*" in doc
+    for style in ("sketch", "ink", "watercolor"):
+        assert f"| {style} | 1 |" in doc
+    records = [json.loads(f.read_text()) for f in (tmp_path / "cache" / "units").glob("*.json")]
+    assert len(records) == 12 and all(r["section"] == "drawing" for r in records)
+    for r in records:
+        assert set(r["shares_blurred"]) == set(r["shares"])
+        assert all(sum(v.values()) == pytest.approx(1.0) for v in r["shares_blurred"].values())
+
+
+def test_unknown_section_is_a_user_error(eval_visii, tmp_path, capsys):
+    assert eval_visii.main(["--sections", "drawing,colour", "--out", str(tmp_path)]) == 2
+    assert "--sections: unknown ['colour']" in capsys.readouterr().err
+
+
 def test_bad_shard_is_a_user_error(eval_visii, tmp_path, capsys):
     assert eval_visii.main(["--shard", "2/2", "--out", str(tmp_path)]) == 2
     assert "need 0 ≤ I < N" in capsys.readouterr().err
