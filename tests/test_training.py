@@ -485,6 +485,7 @@ def test_ip2p_eval_reports_where_the_error_is():
         assert np.isfinite(res[key]), key
     assert res["vae_ceiling_psnr_kept"] > 25 and res["vae_ceiling_psnr_kept"] > res["psnr_kept"]
     assert sum(res["vague_drawing_style_shares"].values()) == pytest.approx(1.0)
+    assert set(res["vague_drawing_style_shares_blurred"]) == set(res["vague_drawing_style_shares"])
     chosen = res["targeted_edits_object_chosen"]
     assert chosen["n"] == sum(p.edit.target is not None and bool(same_edit_on_other_objects(p.before, p.edit))
                               for p in heldout_pairs(4))

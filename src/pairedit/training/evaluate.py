@@ -146,7 +146,8 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
     sizes = {s: {"n": len(by_size[s]), **means(by_size[s])} for s in world.SIZES if s in by_size}
     overall = means(rows_in_order)
     # The vague instruction: which drawing style does each output land on?
-    shares = _vague_style_shares(pipe, n_vague, sampler) if n_vague else {}
+    # blurred: the same outputs scored by the styles' look rather than their exact lines (metrics.STYLE_BLUR_SIGMA)
+    shares, blurred = _vague_style_shares(pipe, n_vague, sampler) if n_vague else ({}, {})
     if grid_path is not None:
         rows = [[befores[j], outputs[j], afters[j]] for j in range(0, min(n, 70), 7)]
         save_image(grid(rows, labels=["before", "InstructPix2Pix", "true after"],
@@ -160,7 +161,7 @@ def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = No
             "targeted_edits_object_chosen": _object_chosen_shares(chosen),
             # one character per held-out pair, in order: paired comparisons of two models (metrics.mcnemar)
             "per_pair_edit_success": "".join(str(int(r["edit_success"])) for r in rows_in_order),
-            "vague_drawing_style_shares": shares, **sampler}
+            "vague_drawing_style_shares": shares, "vague_drawing_style_shares_blurred": blurred, **sampler}
 
 
 def same_edit_on_other_objects(scene: world.Scene, edit: world.Edit) -> list[world.Scene]:
@@ -205,14 +206,16 @@ def _object_chosen_shares(chosen: list[tuple[bool, str]]) -> dict:
     return {"n": len(chosen), "all": shares([c for _, c in chosen]), "n_failed": len(failed), "failed": shares(failed)}
 
 
-def _vague_style_shares(pipe, n: int, sampler: dict) -> dict[str, float]:
+def _vague_style_shares(pipe, n: int, sampler: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """Where "turn it into a drawing" lands on N test photos: (exact pixels, blurred by metrics.STYLE_BLUR_SIGMA)."""
     rng = random.Random("vague")
     scenes = [world.scene_for(world.Edit("drawing", value="sketch"), rng, "test") for _ in range(n)]
     inputs = [world.render(s) for s in scenes]
     outs = ip2p_edit(pipe, inputs, "turn it into a drawing", seed=10_000, **sampler)
     cands = [{st: world.render(world.apply_edit(s, world.Edit(f"style_{st}"))) for st in world.DRAWING_STYLES}
              for s in scenes]
-    return metrics.style_shares(outs, cands, inputs=inputs)
+    return (metrics.style_shares(outs, cands, inputs=inputs),
+            metrics.style_shares(outs, cands, inputs=inputs, blur=metrics.STYLE_BLUR_SIGMA))
 
 
 def time_load_and_edit(name: str = "bundled") -> dict:
