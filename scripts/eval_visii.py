@@ -448,7 +448,7 @@ def section_drawing(records: list[dict]) -> list[str]:
              "The columns marked *pixels* use exact pixels, the criterion of reports before session 26: it credits "
              "ink only when its 2-px lines sit exactly right (the true ink image shifted by 1 px is nearest ink in "
              "27% of photos, its VAE round trip in 87%; blurred: 100% both; `scripts/validate_style_metric.py`, "
-             "[style_metric.json](visii/style_metric.json)), so it under-counts ink and over-counts sketch.", ""]
+             "`docs/visii/style_metric.json`), so it under-counts ink and over-counts sketch.", ""]
     body = []
     other_inits = [i for i in DRAWING_UNITS if i != DEFAULT_INIT]
     for style in world.DRAWING_STYLES:
