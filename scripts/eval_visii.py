@@ -99,7 +99,7 @@ class Sizes:
     search_steps: int  # PEZ steps of the search initialisation
     sample_steps: int  # sampling steps of VISII and IP2P
     seed: int
-    sections: tuple[str, ...] = ("edit", "drawing", "hybrid")  # which parts to measure (--sections, SECTIONS)
+    sections: tuple[str, ...] = SECTIONS  # which parts to measure (--sections)
 
     def suite(self) -> Suite:
         return Suite("eval-visii", directions=self.directions_per_category * len(self.categories), tests=self.tests,
@@ -303,11 +303,10 @@ class Context:
                 cands = [hybrid_afters(d.tests[t], size) for t, _ in sel]
             else:
                 continue
-            inputs = [fit(d.tests[t].images()[0], size) for t, _ in sel]
-            shares[variant] = metrics.style_shares([o for _, o in sel], cands, inputs=inputs)
+            outputs, inputs = [o for _, o in sel], [fit(d.tests[t].images()[0], size) for t, _ in sel]
+            shares[variant] = metrics.style_shares(outputs, cands, inputs=inputs)
             if unit.section == "drawing":  # the style's look, not where its lines fall (metrics.STYLE_BLUR_SIGMA)
-                blurred[variant] = metrics.style_shares([o for _, o in sel], cands, inputs=inputs,
-                                                        blur=metrics.STYLE_BLUR_SIGMA)
+                blurred[variant] = metrics.style_shares(outputs, cands, inputs=inputs, blur=metrics.STYLE_BLUR_SIGMA)
         record = {"key": key, "section": unit.section, "method": unit.method, "loss_on": unit.loss_on,
                   "direction": d.id, "edit": d.edit.name, "category": d.edit.category, "kind": d.kind,
                   "target_style": d.target_style if unit.section == "drawing" else None,
