@@ -251,3 +251,28 @@ def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
 
     assert compare.overrides(VisiiConfig(), compare.VARIANTS["bank"][1]) == {"init": "bank"}
     assert compare.overrides(VisiiConfig(), compare.VARIANTS["search-3x-steps"][1]) == {"steps": 3000}
+
+
+def test_diagnose_visii_ranks_the_true_shape_word_among_its_swaps(model_dirs, tmp_path):
+    """scripts/diagnose_visii.py: every shape-swapped wording of an object edit scored three ways, the true rank kept."""
+    diag = load_script("diagnose_visii")
+    from pairedit import world
+
+    # A replace edit never names its own new shape; the true wording is among the candidates.
+    texts = diag.shape_candidates(world.Edit("replace_hexagon", target="diamond"))
+    assert len(texts) == len(world.SHAPES) - 1 and "turn the diamond into a hexagon" in texts
+    assert not any("hexagon into" in t for t in texts)
+    assert diag.rank_of([0.3, 0.1, 0.3, 0.5], 0) == 2 and diag.rank_of([0.1, 0.1], 1) == 1
+    out = tmp_path / "words.json"
+    diag.main(["--model", str(Path(model_dirs["ip2p"]).parent), "--limit", "1", "--edit-seeds", "1",
+               "--samples", "2", "--out", str(out)])
+    res = json.loads(out.read_text())
+    (row,) = res["rows"]
+    n = len(row["candidates"])
+    edit_type, target = row["edit"].split("/")  # an object edit: its type and the shape it names
+    assert row["candidates"][row["true"]] == world.Edit(edit_type, target=target).instruction(wording=0)
+    for key in ("mse", "clip", "edit"):
+        assert len(row["scores"][key]) == n
+        assert row["rank"][key] == diag.rank_of(row["scores"][key], row["true"])
+        assert res["summary"][key]["first"] == (row["rank"][key] == 1)
+    assert res["summary"]["n"] == 1 and res["summary"]["chance_first"] == 1 / n

@@ -268,14 +268,12 @@ def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[to
 
 
 @torch.no_grad()
-def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], bank: Sequence[str],
-                     config: VisiiConfig, progress: bool = False) -> str:
-    """The instruction of ``bank`` with which the frozen model best makes the afters from the befores.
+def instruction_mse(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], texts: Sequence[str], K: int,
+                    generator: torch.Generator, progress: bool = False, desc: str = "instructions") -> torch.Tensor:
+    """VISII's MSE term (Eq. 2, conditional prediction) of each of ``texts`` on the pairs, (len(texts),).
 
-    Ranked by VISII's MSE term (Eq. 2, conditional prediction) on fixed (t, ε) samples, stratified over
-    [0, T) and the same for every candidate: the whole bank on ``bank_screen_samples`` per pair, then
-    its ``bank_keep`` best on ``bank_rank_samples``, as the search ranks its prompts. The screen costs
-    len(bank) × bank_screen_samples × pairs UNet evaluations (703 × 8 ≈ 45 s on the bundled model at one thread).
+    Every text is scored on the same K (t, ε) per pair, stratified over [0, T) (``stratified_samples``), so
+    that differences between texts are not differences between draws.
     """
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -283,34 +281,36 @@ def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tens
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     T = noise_schedule.config.num_train_timesteps
     device, unet = pipe.unet.device, pipe.unet
-    g = torch.Generator().manual_seed(config.seed + 1)
+    samples = [(noisy_input(noise_schedule, zx, zy, t.to(device), eps, unet.dtype), t.to(device), eps.to(device))
+               for zx, zy, (t, eps) in zip(z_x, z_y, stratified_samples(z_y, K, T, generator))]
+    chunk = max(1, 64 // K)  # texts per UNet call: about 64 samples in a batch
+    scores = []
+    for i in tqdm(range(0, len(texts), chunk), desc=desc, leave=False, disable=not progress):
+        cond = encode_text(pipe, list(texts[i:i + chunk])).to(unet.dtype)
+        n = len(cond)
+        total = torch.zeros(n, device=device)
+        for x_in, t, eps in samples:
+            eps_hat = unet(x_in.repeat(n, 1, 1, 1), t.repeat(n), encoder_hidden_states=cond.repeat_interleave(K, 0)).sample
+            total += (eps_hat.float() - eps.repeat(n, 1, 1, 1)).pow(2).flatten(1).mean(1).view(n, K).mean(1)
+        scores.append(total / len(samples))
+    return torch.cat(scores)
 
-    def draws(K: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(model input, t, ε) of K samples per pair: z_t of the after-image next to the before-image's z_x."""
-        return [(noisy_input(noise_schedule, zx, zy, t.to(device), eps, unet.dtype), t.to(device), eps.to(device))
-                for zx, zy, (t, eps) in zip(z_x, z_y, stratified_samples(z_y, K, T, g))]
 
-    def mse(texts: list[str], samples, desc: str) -> torch.Tensor:
-        K = len(samples[0][1])
-        chunk = max(1, 64 // K)  # candidates per UNet call: about 64 samples in a batch
-        scores = []
-        for i in tqdm(range(0, len(texts), chunk), desc=desc, leave=False, disable=not progress):
-            cond = encode_text(pipe, texts[i:i + chunk]).to(unet.dtype)
-            n = len(cond)
-            total = torch.zeros(n, device=device)
-            for x_in, t, eps in samples:
-                eps_hat = unet(x_in.repeat(n, 1, 1, 1), t.repeat(n),
-                               encoder_hidden_states=cond.repeat_interleave(K, 0)).sample
-                total += (eps_hat.float() - eps.repeat(n, 1, 1, 1)).pow(2).flatten(1).mean(1).view(n, K).mean(1)
-            scores.append(total / len(samples))
-        return torch.cat(scores)
+def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], bank: Sequence[str],
+                     config: VisiiConfig, progress: bool = False) -> str:
+    """The instruction of ``bank`` with which the frozen model best makes the afters from the befores.
 
+    Ranked by VISII's MSE term (``instruction_mse``): the whole bank on ``bank_screen_samples`` per pair,
+    then its ``bank_keep`` best on ``bank_rank_samples``, as the search ranks its prompts. The screen costs
+    len(bank) × bank_screen_samples × pairs UNet evaluations (703 × 8 ≈ 45 s on the bundled model at one thread).
+    """
     bank = list(bank)
     if not bank:
         raise UserError("the instruction bank is empty; give at least one instruction")
-    screen = mse(bank, draws(config.bank_screen_samples), "instruction bank (screen)")
+    g = torch.Generator().manual_seed(config.seed + 1)
+    screen = instruction_mse(pipe, z_x, z_y, bank, config.bank_screen_samples, g, progress, "instruction bank (screen)")
     keep = [bank[int(i)] for i in screen.argsort()[:config.bank_keep]]
-    final = mse(keep, draws(config.bank_rank_samples), "instruction bank (rank)")
+    final = instruction_mse(pipe, z_x, z_y, keep, config.bank_rank_samples, g, progress, "instruction bank (rank)")
     return keep[int(final.argmin())]
 
 
