@@ -42,7 +42,7 @@ def shape_candidates(edit: world.Edit) -> list[str]:
     that the edit can name (a replace cannot turn a shape into itself)."""
     out = []
     for shape in world.SHAPES:
-        if edit.category == "replace" and edit.type == f"replace_{shape}":
+        if edit.type == f"replace_{shape}":
             continue
         out.append(world.Edit(edit.type, target=shape, value=edit.value).instruction(wording=0))
     return out
@@ -54,25 +54,23 @@ def rank_of(scores: list[float], index: int) -> int:
 
 
 def score_direction(pipe, clip, processor, d, edit_seeds: int, samples: int, seed: int) -> dict:
+    from pairedit import metrics
     from pairedit.editing import ip2p_edit
-    from pairedit.images import fit, to_tensor
-    from pairedit.sampling import encode_image_condition
-    from pairedit.visii import clip_loss, edit_direction, encode_instruction, instruction_mse, model_resolution
+    from pairedit.images import fit
+    from pairedit.visii import clip_loss, edit_direction, encode_instruction, encode_pairs, instruction_mse, model_resolution
 
     before, after = (fit(im, model_resolution(pipe)) for im in d.examples[0].images())
     texts = shape_candidates(d.edit)
     true = texts.index(d.edit.instruction(wording=0))
-    z_x = [encode_image_condition(pipe, to_tensor(before))]
-    z_y = [encode_image_condition(pipe, to_tensor(after)) * pipe.vae.config.scaling_factor]
+    z_x, z_y = encode_pairs(pipe, [before], [after])
     mse = instruction_mse(pipe, z_x, z_y, texts, samples, torch.Generator().manual_seed(seed)).tolist()
     delta = edit_direction(clip, processor, [before], [after])
     with torch.no_grad():
         clip_scores = [float(clip_loss(clip, *encode_instruction(pipe, t), delta)) for t in texts]
-    target = np.asarray(after, np.float64)
     edit_scores = []
     for text in texts:
         outs = [ip2p_edit(pipe, [before], text, seed=seed + k)[0] for k in range(edit_seeds)]
-        edit_scores.append(float(np.mean([((np.asarray(o, np.float64) - target) ** 2).mean() for o in outs])))
+        edit_scores.append(float(np.mean([metrics.mse(o, after) for o in outs])))
     scores = {"mse": mse, "clip": clip_scores, "edit": edit_scores}
     return {"direction": d.key, "edit": d.edit.name, "category": d.edit.category,
             "example_objects": [o.shape for o in d.examples[0].before.objects], "candidates": texts, "true": true,

@@ -121,14 +121,12 @@ def reference_loop(pipe, clip, processor, before, after, config, steps: int, tic
     from diffusers import DDPMScheduler
 
     from pairedit import visii
-    from pairedit.images import to_tensor
-    from pairedit.sampling import encode_image_condition, encode_text, guided_eps
+    from pairedit.sampling import encode_text, guided_eps
 
     for m in (pipe.unet, pipe.vae, pipe.text_encoder, clip):
         m.requires_grad_(False)
     emb = visii.InstructionEmbedding(*visii.encode_instruction(pipe, INIT_TEXT))
-    z_x = encode_image_condition(pipe, to_tensor(before))
-    z_y = encode_image_condition(pipe, to_tensor(after)) * pipe.vae.config.scaling_factor
+    (z_x,), (z_y,) = visii.encode_pairs(pipe, [before], [after])
     delta = visii.edit_direction(clip, processor, [before], [after])
     uncond = encode_text(pipe, "")
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -206,6 +206,16 @@ def visii_loss(config: VisiiConfig, clip, eps_hat: torch.Tensor, eps: torch.Tens
     return loss
 
 
+@torch.no_grad()
+def encode_pairs(pipe, befores: Sequence[Image.Image],
+                 afters: Sequence[Image.Image]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Alg. 1 l.7 per pair: z_x = E(x), the image condition (VAE mode, unscaled, as InstructPix2Pix), and
+    z_y = E(y), the diffusion target (VAE mode × scaling factor); images at the model's resolution."""
+    z_x = [encode_image_condition(pipe, to_tensor(b)) for b in befores]
+    z_y = [encode_image_condition(pipe, to_tensor(a)) * pipe.vae.config.scaling_factor for a in afters]
+    return z_x, z_y
+
+
 def stratified_samples(z_y: Sequence[torch.Tensor], K: int, T: int,
                        generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """K (t, ε) per pair, t evenly spaced over [0, T): fixed draws that rank prompts on the same noise."""
@@ -462,10 +472,8 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
     T = noise_schedule.config.num_train_timesteps
 
     with frozen(unet, vae, pipe.text_encoder, clip):
-        # Alg. 1 l.7: Encode z_x = E(x) (the image condition: VAE mode, unscaled, as InstructPix2Pix)
-        # and z_y = E(y) (the diffusion target: VAE mode × scaling factor). Once, without grad.
-        z_x = [encode_image_condition(pipe, to_tensor(b)) for b in befores]
-        z_y = [encode_image_condition(pipe, to_tensor(a)) * vae.config.scaling_factor for a in afters]
+        # Alg. 1 l.7: Encode z_x = E(x) and z_y = E(y). Once, without grad.
+        z_x, z_y = encode_pairs(pipe, befores, afters)
 
         # Alg. 1 l.8: Δ = mean_i E_clip(y_i) − E_clip(x_i). Once, without grad.
         delta = edit_direction(clip, processor, befores, afters)
