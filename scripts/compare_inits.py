@@ -37,6 +37,7 @@ VARIANTS = {
     "search": ("search", {}),
     "search-3x-steps": ("search", {"steps_times": 3}),  # 3× the learning steps (3,000 for the paper's N = 1000)
     "bank": ("search", {"init": "bank"}),  # the best of the bundled model's training instructions (init="bank")
+    "bank-swap": ("search", {"init": "bank", "bank_swap_words": True}),  # then its words swapped (swap_words)
     # no learning: InstructPix2Pix given the true instruction (first wording) on the same test images and seeds,
     # docs/visii.md §1's reference column; what a learned instruction is measured against
     "ip2p-words": (None, {}),
@@ -64,8 +65,12 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
     args = ev.parse_args(["--tests", "8", *eval_args, "--seed", str(seed)])
     ctx = ev.Context(args, ev.sizes_of(args))
     rows = []
+    # "bank-swap" first: its bank pick (init_trace[0]) is the "bank" variant's, which then learns from it with
+    # init_text (the same learning seed: the same instruction) instead of ranking the bank a second time
+    order = sorted(variants, key=lambda v: v != "bank-swap")
     for d in directions(seed, eval_args)[shard[0]::shard[1]]:
-        for name in variants:
+        picks = {}
+        for name in order:
             if (d.key, name) in done:
                 continue
             t0 = time.perf_counter()
@@ -74,15 +79,18 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
                 inst, text = None, d.instruction
             else:
                 unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
-                inst = ctx.learn(unit, **overrides(ctx.config(unit), change))
+                init_text = picks.get("bank") if name == "bank" else None
+                inst = ctx.learn(unit, init_text=init_text, **overrides(ctx.config(unit), change))
                 text = inst.init_text
+                if name == "bank-swap":
+                    picks["bank"] = inst.init_trace[0]
             success = []
             for t in range(len(d.tests)):
                 out = ctx.ip2p(d, t, text) if inst is None else ctx.visii(inst, d, t, "fixed")
                 before, after = (fit(im, out.width) for im in d.tests[t].images())
                 success.append(metrics.edit_success(before, out, after))
             rows.append({"direction": d.key, "edit": d.edit.name, "category": d.edit.category, "init": name,
-                         "init_text": text, "success": success,
+                         "init_text": text, "init_trace": inst.init_trace if inst else [], "success": success,
                          "seconds": round(time.perf_counter() - t0, 1), **truth_fields(d.edit, text)})
             print(json.dumps(rows[-1]), flush=True)
     return rows

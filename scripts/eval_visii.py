@@ -227,11 +227,12 @@ class Context:
 
     # -- work ----------------------------------------------------------------------------------
 
-    def learn(self, unit: Unit, **overrides):
-        """The unit's learned instruction; ``overrides`` change fields of its VisiiConfig (compare_inits.py)."""
+    def learn(self, unit: Unit, init_text: str | None = None, **overrides):
+        """The unit's learned instruction; ``init_text`` and ``overrides`` (fields of its VisiiConfig) are for
+        compare_inits.py."""
         from pairedit.visii import learn
 
-        words = unit.direction.instruction if (unit.section, unit.method) == EDIT_UNITS["words"] else None
+        words = unit.direction.instruction if (unit.section, unit.method) == EDIT_UNITS["words"] else init_text
         config = replace(self.config(unit), **overrides)
         return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], config,
                      init_text=words, model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)

@@ -253,6 +253,31 @@ def test_compare_inits_runs_shards_and_merges(model_dirs, tmp_path):
     assert compare.overrides(VisiiConfig(), compare.VARIANTS["search-3x-steps"][1]) == {"steps": 3000}
 
 
+
+def test_compare_inits_bank_learns_from_the_bank_swap_runs_pick(tiny_bundle, tmp_path):
+    """Variants bank and bank-swap: bank-swap runs first and records its bank pick; the bank row learns from that
+    pick (not ranking the bank again), which is what init="bank" would have picked."""
+    import shutil
+
+    from pairedit import world
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "ip2p" / "instructions.txt").write_text("\n".join(world.training_instructions()[::20]) + "\n")
+    compare = load_script("compare_inits")
+    out = tmp_path / "swap.json"
+    assert compare.main(["--seed", "1", "--model", str(bundle), "--categories", "recolor", "--directions-per-category",
+                         "1", "--tests", "1", "--steps", "2", "--sample-steps", "2", "--variants", "bank", "bank-swap",
+                         "--out", str(out)]) == 0
+    rows = {r["init"]: r for r in json.loads(out.read_text())["rows"]}
+    bank = (bundle / "ip2p" / "instructions.txt").read_text().splitlines()
+    trace = rows["bank-swap"]["init_trace"]
+    assert len(trace) == 2 and trace[0] in bank and rows["bank-swap"]["init_text"] == trace[1]
+    assert rows["bank"]["init_text"] == trace[0]
+    alone = compare.run(1, (0, 1), ["--model", str(bundle), "--categories", "recolor", "--directions-per-category", "1",
+                                    "--tests", "1", "--steps", "2", "--sample-steps", "2"], ("bank",))
+    assert [(r["init_text"], r["success"]) for r in alone] == [(rows["bank"]["init_text"], rows["bank"]["success"])]
+
 def test_diagnose_visii_ranks_the_true_shape_word_among_its_swaps(model_dirs, tmp_path):
     """scripts/diagnose_visii.py: every shape-swapped wording of an object edit scored three ways, the true rank kept."""
     diag = load_script("diagnose_visii")

@@ -27,6 +27,7 @@ def _instruction(fp: str = "0123456789abcdef", model_id: str = "tiny-ip2p") -> L
         cond=torch.randn(1, 48, 32, generator=g), start=1, end=7,
         noise_timesteps=torch.tensor([3, 250, 999]), noise_table=torch.randn(3, 4, 16, 16, generator=g),
         model_id=model_id, fingerprint=fp, init_text="make it a watercolor painting", clip_id="tiny-clip",
+        init_trace=["make it a watercolour painting", "make it a watercolor painting"],
         config=dataclasses.asdict(visii.VisiiConfig(steps=3)), pair_hashes=[["ab" * 32, "cd" * 32]],
         resolution=32, image_size=[32, 32], losses=[1.5, 1.25, 1.0])
 

@@ -93,6 +93,57 @@ def test_bank_init_picks_the_lowest_mse_instruction(tiny, pairs):
         visii.bank_instruction(pipe, z_x, z_y, [], config)
 
 
+
+def _encoded(pipe, pairs):
+    befores, afters = visii._prepare_pairs(pairs, visii.model_resolution(pipe))
+    return visii.encode_pairs(pipe, befores, afters)
+
+
+def test_substitutes_share_both_neighbours():
+    bank = ["turn the circle red", "turn the star blue", "make the star red", "make it night"]
+    assert visii.substitutes("turn the circle blue", bank) == [["make"], [], ["star"], ["red"]]
+    assert visii.substitutes("make it red", bank) == [[], [], ["night"]]  # the ends count as neighbours
+
+
+def test_swap_words_keeps_only_swaps_that_lower_the_mse(tiny, pairs):
+    """One candidate swap: taken exactly when it scores lower on the rank's draws. More: the text comes back no
+    worse than it went in on those draws, each word either kept or one of its substitutes."""
+    pipe = tiny.ip2p
+    z_x, z_y = _encoded(pipe, pairs[:1])
+    config = visii.VisiiConfig(bank_screen_samples=2, bank_keep=3, bank_rank_samples=3)
+
+    def rank_scores(texts, seed, screened):  # the rank's draws come after the screen's (which do not depend on texts)
+        g = torch.Generator().manual_seed(seed)
+        if screened:
+            visii.instruction_mse(pipe, z_x, z_y, ["x"], config.bank_screen_samples, g)
+        return visii.instruction_mse(pipe, z_x, z_y, texts, config.bank_rank_samples, g).tolist()
+
+    bank = ["make it red", "make it blue"]
+    out = visii.swap_words(pipe, z_x, z_y, "make it red", bank, config, torch.Generator().manual_seed(5))
+    red, blue = rank_scores(["make it red", "make it blue"], 5, screened=False)
+    assert out == ("make it blue" if blue < red else "make it red")
+
+    bank = [f"{v} the {s} {c}" for v in ("turn", "paint") for s in ("circle", "star", "ring") for c in ("red", "blue")]
+    text = "turn the circle red"
+    out = visii.swap_words(pipe, z_x, z_y, text, bank, config, torch.Generator().manual_seed(6))
+    subs = visii.substitutes(text, bank)
+    assert len(out.split()) == 4 and all(o == w or o in ws for o, w, ws in zip(out.split(), text.split(), subs))
+    before, after = rank_scores([text, out], 6, screened=True)  # 5 swaps > bank_keep: screened
+    assert after < before if out != text else after == before
+    assert visii.swap_words(pipe, z_x, z_y, "make it red", ["make it red"], config, torch.Generator()) == "make it red"
+
+
+def test_bank_swap_records_the_trace_and_learns_as_from_its_text(tiny, pairs):
+    """init="bank" with bank_swap_words: init_trace is [bank pick, after swaps], the learning starts from the last,
+    and learning from that text given as init_text gives the same instruction (compare_inits.py relies on it)."""
+    bank = ["make it a watercolor painting", "turn the circle red", "add a blue star", "make it night"]
+    config = dict(init="bank", bank_swap_words=True, bank_screen_samples=1, bank_keep=3, bank_rank_samples=2)
+    inst = _learn(tiny, pairs[:1], steps=2, init_text=None, bank=bank, config=config)
+    assert len(inst.init_trace) == 2 and inst.init_trace[0] in bank and inst.init_text == inst.init_trace[1]
+    assert inst.config["bank_swap_words"] is True
+    again = _learn(tiny, pairs[:1], steps=2, init_text=inst.init_text, config=config)
+    assert torch.equal(again.cond, inst.cond) and again.init_trace == []
+
 def test_bank_without_a_file_is_a_user_error(tiny, pairs, tmp_path):
     from pairedit.models import instruction_bank
 

@@ -59,6 +59,8 @@ class LearnedInstruction:
     fingerprint: str
     init_text: str
     clip_id: str = ""
+    # the texts the init went through before learning, e.g. the bank's pick, then that pick after word swaps
+    init_trace: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     pair_hashes: list[list[str]] = field(default_factory=list)
     resolution: int = 0

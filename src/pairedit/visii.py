@@ -97,6 +97,11 @@ class VisiiConfig:
     # drawing's from the vague "make it a drawing" to "make it a watercolor painting", which is also the pick of
     # 32 draws under another seed and of 256 under both seeds tried. Costs ≈ 40 s more at one thread.
     bank_rank_samples: int = 256
+    # init="bank": then try swapping words of the pick for words the bank uses in their place (``swap_words``)
+    # and keep the swaps that lower VISII's MSE term. Not the paper's. The bank holds a held-out (edit, shape) edit only
+    # with other shape words, and on one pair that term ranks the true shape first in 2 and 6 of 8 such edits
+    # (docs/visii/shape_words_seed{1,2}.json). Costs one more rank (≈ 16 texts on bank_rank_samples).
+    bank_swap_words: bool = False
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
     # Measured on the bundled world (docs/visii.md §4, 14 held-out directions, both noises, caption init):
@@ -324,6 +329,66 @@ def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tens
     return keep[int(final.argmin())]
 
 
+def substitutes(text: str, bank: Sequence[str]) -> list[list[str]]:
+    """For each word of ``text``, the other words that ``bank`` uses between the same two neighbours.
+
+    Words that share a context are interchangeable in the bank's language (shape for shape in "the _ to",
+    colour for colour at "to _" and the end). Unrestricted swaps were tried first: on 8 held-out edits
+    (compare_inits.py, seed 1) they found swaps such as "change the game of the square photo red" that lowered
+    the MSE term a little without ever naming the right object.
+    """
+    def contexts(words):
+        padded = ["<s>", *words, "</s>"]
+        return [(padded[i], padded[i + 2]) for i in range(len(words))]
+
+    fillers: dict[tuple[str, str], set[str]] = {}
+    for b in bank:
+        for ctx, w in zip(contexts(b.split()), b.split()):
+            fillers.setdefault(ctx, set()).add(w)
+    words = text.split()
+    return [sorted(fillers.get(ctx, set()) - {w}) for ctx, w in zip(contexts(words), words)]
+
+
+def swap_words(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], text: str, bank: Sequence[str],
+               config: VisiiConfig, generator: torch.Generator, progress: bool = False) -> str:
+    """``text`` with some words swapped for their ``substitutes`` in ``bank`` where VISII's MSE term improves.
+
+    One round of coordinate descent over words: the one-word swaps (screened on ``bank_screen_samples`` per pair
+    when there are more than ``bank_keep``) are ranked next to ``text`` on ``bank_rank_samples``, and the swaps
+    that beat it are combined, best first and one per word, as long as each one added still lowers the term on
+    the same draws (so a pick with a wrong shape and a wrong colour can lose both).
+    """
+    words = text.split()
+
+    def swapped(swaps: Sequence[tuple[int, str]]) -> str:
+        out = list(words)
+        for i, w in swaps:
+            out[i] = w
+        return " ".join(out)
+
+    swaps = [(i, w) for i, ws in enumerate(substitutes(text, bank)) for w in ws]
+    if not swaps:
+        return text
+    keep = swaps
+    if len(swaps) > config.bank_keep:
+        screen = instruction_mse(pipe, z_x, z_y, [swapped([s]) for s in swaps], config.bank_screen_samples,
+                                 generator, progress, "word swaps (screen)")
+        keep = [swaps[int(j)] for j in screen.argsort()[:config.bank_keep]]
+    draws = generator.get_state()  # the rank's draws, to score combinations on the same ones
+    rank = instruction_mse(pipe, z_x, z_y, [text] + [swapped([s]) for s in keep], config.bank_rank_samples,
+                           generator, progress, "word swaps (rank)")
+    best, chosen = float(rank[0]), []
+    for score, s in sorted(zip(rank[1:].tolist(), keep)):
+        if score >= float(rank[0]) or any(i == s[0] for i, _ in chosen):
+            continue
+        if chosen:  # a combination: score it on the rank's draws
+            score = float(instruction_mse(pipe, z_x, z_y, [swapped(chosen + [s])], config.bank_rank_samples,
+                                          torch.Generator().set_state(draws))[0])
+        if score < best:
+            best, chosen = score, chosen + [s]
+    return swapped(chosen)
+
+
 def hybrid_conditioning(pipe, instruction: LearnedInstruction, prompt: str) -> torch.Tensor:
     """The learned ``<ins>`` tokens followed by the user's words (VISII Fig. 4b).
 
@@ -453,7 +518,7 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
             except UserError:
                 bank = None
         config = replace(config, init="bank" if bank is not None else "search")
-    ckpt = None
+    ckpt, init_trace = None, []
     if resume is not None:
         ckpt, header = load_checkpoint(resume)
         if header["fingerprint"] != fp:
@@ -464,6 +529,7 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
         known = {f.name for f in fields(VisiiConfig)}
         config = VisiiConfig(**{**{k: v for k, v in header["config"].items() if k in known}, "steps": config.steps})
         init_text = header["init_text"]
+        init_trace = header.get("init_trace", [])
     # 0. Check inputs: CLIP loss needs CLIP's projection to fit the text encoder.
     check_clip(pipe, clip, model_id, clip_id)
     device = pipe.unet.device
@@ -486,6 +552,11 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
         elif init_text is None and config.init == "bank":
             bank = bank if bank is not None else instruction_bank(model_id)
             init_text = bank_instruction(pipe, z_x, z_y, bank, config, progress=progress)
+            init_trace = [init_text]
+            if config.bank_swap_words:
+                g_swap = torch.Generator().manual_seed(config.seed + 2)
+                init_text = swap_words(pipe, z_x, z_y, init_text, bank, config, g_swap, progress=progress)
+                init_trace.append(init_text)
         elif init_text is None:
             init_text = search_instruction(pipe, clip, z_x, z_y, delta, config, progress=progress)
         if ckpt is not None:
@@ -514,8 +585,8 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
                                       "exp_avg": ckpt["adamw.exp_avg"].to(device),
                                       "exp_avg_sq": ckpt["adamw.exp_avg_sq"].to(device)}}
                 opt.load_state_dict(state)
-        meta = dict(model_id=model_id, clip_id=clip_id, fingerprint=fp, init_text=init_text, config=asdict(config),
-                    pair_hashes=pair_hashes, resolution=resolution)
+        meta = dict(model_id=model_id, clip_id=clip_id, fingerprint=fp, init_text=init_text, init_trace=init_trace,
+                    config=asdict(config), pair_hashes=pair_hashes, resolution=resolution)
 
         bar = None
         if progress:
@@ -582,9 +653,9 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
         cond=emb().detach().cpu(), start=emb.start, end=emb.end,
         noise_timesteps=torch.tensor(ts, dtype=torch.int64),
         noise_table=torch.stack([noise_table[t] for t in ts]) if ts else torch.zeros((0, *latent_shape)),
-        model_id=model_id, clip_id=clip_id, fingerprint=fp, init_text=init_text, config=asdict(config),
-        pair_hashes=pair_hashes, resolution=resolution, image_size=list(befores[0].size), losses=losses,
-        pairedit_version=__version__)
+        model_id=model_id, clip_id=clip_id, fingerprint=fp, init_text=init_text, init_trace=init_trace,
+        config=asdict(config), pair_hashes=pair_hashes, resolution=resolution, image_size=list(befores[0].size),
+        losses=losses, pairedit_version=__version__)
 
 
 # ----------------------------------------------------------------------------------------------
