@@ -15,6 +15,8 @@ plus the paired McNemar test to a JSON file. It reuses eval_visii.py's direction
     # a variant against what the model does with the true words (docs/visii/words_seed1.json)
     OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants ip2p-words bank \\
         --reuse docs/visii/bank_seed1.json --out docs/visii/words_seed1.json
+    # the bank init against the same with its words swapped (the bank row learns from the swap run's bank pick)
+    OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants bank bank-swap --shard 0/2 --out E.json
 """
 
 from __future__ import annotations

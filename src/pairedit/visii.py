@@ -100,7 +100,11 @@ class VisiiConfig:
     # init="bank": then try swapping words of the pick for words the bank uses in their place (``swap_words``)
     # and keep the swaps that lower VISII's MSE term. Not the paper's. The bank holds a held-out (edit, shape) edit only
     # with other shape words, and on one pair that term ranks the true shape first in 2 and 6 of 8 such edits
-    # (docs/visii/shape_words_seed{1,2}.json). Costs one more rank (≈ 16 texts on bank_rank_samples).
+    # (docs/visii/shape_words_seed{1,2}.json). Costs one more rank (≈ 16 texts on bank_rank_samples). Off: on 14
+    # fresh directions (seed 1, scripts/compare_inits.py --variants bank bank-swap, docs/visii/swap_seed1.json) it
+    # changed 10 of 14 picks but named the right object in 1 of the 8 held-out object edits the pick got wrong;
+    # edit success 0.71 vs the plain bank's 0.72 (2 vs 3 flipped, p = 1.0). Swaps for any bank word: 42 vs 43 of
+    # 56 (swap_any_seed1.json).
     bank_swap_words: bool = False
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
