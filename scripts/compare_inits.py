@@ -71,7 +71,7 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
     # init_text (the same learning seed: the same instruction) instead of ranking the bank a second time
     order = sorted(variants, key=lambda v: v != "bank-swap")
     for d in directions(seed, eval_args)[shard[0]::shard[1]]:
-        picks = {}
+        bank_pick = None
         for name in order:
             if (d.key, name) in done:
                 continue
@@ -81,11 +81,11 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
                 inst, text = None, d.instruction
             else:
                 unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
-                init_text = picks.get("bank") if name == "bank" else None
-                inst = ctx.learn(unit, init_text=init_text, **overrides(ctx.config(unit), change))
+                inst = ctx.learn(unit, init_text=bank_pick if name == "bank" else None,
+                                 **overrides(ctx.config(unit), change))
                 text = inst.init_text
                 if name == "bank-swap":
-                    picks["bank"] = inst.init_trace[0]
+                    bank_pick = inst.init_trace[0]
             success = []
             for t in range(len(d.tests)):
                 out = ctx.ip2p(d, t, text) if inst is None else ctx.visii(inst, d, t, "fixed")

@@ -381,9 +381,10 @@ def swap_words(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], t
     draws = generator.get_state()  # the rank's draws, to score combinations on the same ones
     rank = instruction_mse(pipe, z_x, z_y, [text] + [swapped([s]) for s in keep], config.bank_rank_samples,
                            generator, progress, "word swaps (rank)")
-    best, chosen = float(rank[0]), []
+    base = best = float(rank[0])
+    chosen = []
     for score, s in sorted(zip(rank[1:].tolist(), keep)):
-        if score >= float(rank[0]) or any(i == s[0] for i, _ in chosen):
+        if score >= base or any(i == s[0] for i, _ in chosen):
             continue
         if chosen:  # a combination: score it on the rank's draws
             score = float(instruction_mse(pipe, z_x, z_y, [swapped(chosen + [s])], config.bank_rank_samples,
