@@ -138,7 +138,8 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
 
     monkeypatch.setattr(models, "training_attention", spy)
     few = dict(steps=2, warmup=1, log_every=1, ckpt_every=2)
-    train_clip(run, ClipTrainConfig(out=str(run / "clip"), batch_size=4, lr=1e-3, n_scenes=16, width=32, layers=1, **few))
+    train_clip(run, ClipTrainConfig(out=str(run / "clip"), batch_size=4, lr=1e-3, n_scenes=16, width=32, layers=1,
+                                    shape_negatives=2, **few))
     train_vae(run, VaeTrainConfig(out=str(run / "vae"), batch_size=2, lr=1e-3, n_scenes=16, channels=(8, 8, 8), **few))
     vae_before = AutoencoderKL.from_pretrained(run / "vae" / "final")
     train_vae_decoder(run, VaeTrainConfig(out=str(run / "vae_decoder"), batch_size=2, lr=1e-2, n_scenes=16, **few))
@@ -636,3 +637,26 @@ def test_deepen_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("pairedit: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d" / "ip2p").exists()
+
+
+def test_shape_twin_batches_put_each_scene_next_to_its_twin():
+    from pairedit.training.trainers import shape_twin_batch
+
+    pixels, captions = shape_twin_batch(3, random.Random(0))
+    assert pixels.shape == (6, 64, 64, 3) and pixels.dtype == np.uint8 and len(captions) == 6
+    for i in range(0, 6, 2):
+        a, b = captions[i].split(), captions[i + 1].split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1  # one shape word differs
+        assert not np.array_equal(pixels[i], pixels[i + 1])
+    again = shape_twin_batch(3, random.Random(0))
+    assert np.array_equal(again[0], pixels) and again[1] == captions  # a step's batch is reproducible on resume
+
+
+@requires_bundled
+def test_clip_eval_measures_retrieval_and_shape_twins_on_the_bundle():
+    from pairedit.training.evaluate import eval_clip
+
+    res = eval_clip(*models.load_clip("bundled"), n=100, n_twins=200)
+    assert res["caption_to_image_top1"] >= 0.9 and res["n_shape_twins"] == 200  # the gate (docs/models.md)
+    # a caption picks its own scene over the same scene with one shape changed more often than chance
+    assert 0.6 < res["shape_twins_caption_to_image"] <= 1 and 0.55 < res["shape_twins_image_to_caption"] <= 1

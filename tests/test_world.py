@@ -144,3 +144,24 @@ def test_compound_pairs_show_both_edits_and_word_them_in_one_sentence():
         world.CompoundEdit(Edit("recolor_red", target="circle"), Edit("remove", target="star"))
     with pytest.raises(WorldError, match="one explicit style"):
         world.CompoundEdit(Edit("drawing", value="ink"), Edit("remove", target="star"))
+
+
+def test_shape_twins_change_one_objects_shape_and_one_caption_word():
+    rng = random.Random(3)
+    for _ in range(40):
+        scene = world.random_scene(rng, "train")
+        twin = world.shape_twin(scene, rng)
+        assert twin.split == "train" and (twin.background, twin.style) == (scene.background, scene.style)
+        changed = [(a, b) for a, b in zip(scene.objects, twin.objects) if a != b]
+        assert len(changed) == 1
+        (a, b), = changed
+        assert a.shape != b.shape and (a.color, a.size, a.x, a.y) == (b.color, b.size, b.x, b.y)
+        assert b.shape not in {o.shape for o in scene.objects}
+        assert scene.caption.replace(a.shape, b.shape) == twin.caption
+    assert world.shape_twin(scene, random.Random(1)) == world.shape_twin(scene, random.Random(1))
+    # a twin lies in the split asked for, or there is none
+    held = world.random_scene(random.Random(2), "test")
+    try:
+        assert world.shape_twin(held, random.Random(0), "test").split == "test"
+    except world.WorldError as e:
+        assert "no shape twin" in str(e)

@@ -703,6 +703,18 @@ def binding_twins(rng: random.Random, split: str = "train") -> tuple[Pair, Pair]
     raise WorldError(f"could not sample binding twins for the {split} split")
 
 
+def shape_twin(scene: Scene, rng: random.Random, split: str = "train") -> Scene:
+    """The scene with one object's shape changed to a shape it does not hold, everything else equal: a hard
+    negative for contrastive training (NegCLIP, Yuksekgonul et al. 2023), whose caption differs in one word.
+    Raises ``WorldError`` when no such twin lies in ``split``."""
+    twins = [_set_obj(scene, i, shape=shape) for i in range(len(scene.objects))
+             for shape in SHAPES if all(o.shape != shape for o in scene.objects)]
+    twins = [t for t in twins if split == "any" or t.split == split]
+    if not twins:
+        raise WorldError(f"no shape twin of this scene lies in the {split} split")
+    return rng.choice(twins)
+
+
 def compound_pair(rng: random.Random, split: str = "train") -> Pair:
     """A scene-wide edit and an object edit in one instruction (``CompoundEdit``), in either order.
 

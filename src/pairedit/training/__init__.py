@@ -102,6 +102,9 @@ def add_cli(sub) -> None:
                    help="clip (with --base): a text encoder folder, e.g. RUN/ip2p/final/text_encoder of a "
                         "--train-text-encoder run, that replaces CLIP's text tower and stays frozen while the image "
                         "side and projections refit to it")
+    p.add_argument("--shape-negatives", type=int, default=None, metavar="N",
+                   help="clip: add N training scenes and their shape twins (one object's shape changed) to every batch "
+                        "as hard negatives (NegCLIP), so that CLIP tells shapes apart (default 0)")
     p.add_argument("--dest", default=None, help="export/deepen: destination folder (export's default: the package's "
                                                 "bundled/; deepen needs one)")
     p.add_argument("--unet-only", action="store_true",
@@ -158,7 +161,7 @@ def run_cli(args: argparse.Namespace) -> int:
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
                  "compound_pairs", "train_text_encoder", "text_tower", "edit_region_weight",
-                 "object_weight", "decode_from", "twin_pairs"):
+                 "object_weight", "decode_from", "twin_pairs", "shape_negatives"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

@@ -47,13 +47,30 @@ def heldout_pairs(n: int, seed: int = 1234, types: tuple[str, ...] | None = None
 
 
 @torch.no_grad()
-def eval_clip(clip, processor, n: int = 100) -> dict:
+def eval_clip(clip, processor, n: int = 100, n_twins: int = 500) -> dict:
+    """The gate (caption → image top-1 among ``n`` held-out images) and shape awareness: for ``n_twins`` held-out
+    scenes and their shape twins (one object's shape changed), how often a caption picks its own image over the
+    twin's, and an image its own caption (chance: 0.5)."""
     feats = metrics.ClipFeatures(clip, processor)
     scenes = heldout_scenes(n)
     img = feats.image_features([world.render(s) for s in scenes])
     txt = feats.text_features([s.caption for s in scenes])
     top1 = (txt @ img.T).argmax(dim=1) == torch.arange(n)
-    return {"caption_to_image_top1": float(top1.float().mean()), "n": n}
+    rng, pairs = random.Random("eval-shape-twins"), []
+    while len(pairs) < n_twins:
+        scene = world.random_scene(rng, "test")
+        try:
+            pairs.append((scene, world.shape_twin(scene, rng, "test")))
+        except world.WorldError:  # none of its twins is a held-out scene
+            continue
+    img = feats.image_features([world.render(s) for pair in pairs for s in pair]).view(n_twins, 2, -1)
+    txt = feats.text_features([s.caption for pair in pairs for s in pair]).view(n_twins, 2, -1)
+    sim = torch.einsum("nid,njd->nij", txt, img)  # [scene, caption, image]
+    caption_picks = (sim[:, 0, 0] > sim[:, 0, 1]).float().mean() / 2 + (sim[:, 1, 1] > sim[:, 1, 0]).float().mean() / 2
+    image_picks = (sim[:, 0, 0] > sim[:, 1, 0]).float().mean() / 2 + (sim[:, 1, 1] > sim[:, 0, 1]).float().mean() / 2
+    return {"caption_to_image_top1": float(top1.float().mean()), "n": n,
+            "shape_twins_caption_to_image": float(caption_picks), "shape_twins_image_to_caption": float(image_picks),
+            "n_shape_twins": n_twins}
 
 
 @torch.no_grad()
