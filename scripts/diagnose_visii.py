@@ -10,10 +10,12 @@ edit's first wording with its shape word swapped for every shape of the world (t
 scored on the direction's example pair three ways, and the true shape's rank among the candidates recorded:
 
 - ``mse``: VISII's MSE term (Eq. 2), the score the bank init ranks by (``visii.instruction_mse``,
-  ``bank_rank_samples`` fixed (t, ε) samples);
+  ``bank_rank_samples`` fixed (t, ε) samples, or ``--samples``). Each candidate's per-sample differences to the
+  true wording give a paired z (mean / standard error; negative: the candidate fits the pair better), so a
+  wrong word that wins can be told apart from one that wins by the noise of the draws;
 - ``clip``: VISII's CLIP term (Eq. 3), 1 − cos between the instruction and Δ of the pair (``visii.clip_loss``);
 - ``edit``: InstructPix2Pix given the candidate edits the example's before-image (the gate's sampler, a few
-  seeds); pixel MSE of the outputs to the example's after-image.
+  seeds); pixel MSE of the outputs to the example's after-image (``--edit-seeds 0`` skips it).
 
 Rank 1 is the best score; ties are not broken in the true word's favour (rank = 1 + candidates scoring
 strictly better). Chance: the mean of 1 / candidates.
@@ -63,7 +65,8 @@ def score_direction(pipe, clip, processor, d, edit_seeds: int, samples: int, see
     texts = shape_candidates(d.edit)
     true = texts.index(d.edit.instruction(wording=0))
     z_x, z_y = encode_pairs(pipe, [before], [after])
-    mse = instruction_mse(pipe, z_x, z_y, texts, samples, torch.Generator().manual_seed(seed)).tolist()
+    per_sample = instruction_mse(pipe, z_x, z_y, texts, samples, torch.Generator().manual_seed(seed), per_sample=True)
+    mse = per_sample.mean(1).tolist()
     delta = edit_direction(clip, processor, [before], [after])
     with torch.no_grad():
         clip_scores = [float(clip_loss(clip, *encode_instruction(pipe, t), delta)) for t in texts]
@@ -71,19 +74,37 @@ def score_direction(pipe, clip, processor, d, edit_seeds: int, samples: int, see
     for text in texts:
         outs = [ip2p_edit(pipe, [before], text, seed=seed + k)[0] for k in range(edit_seeds)]
         edit_scores.append(float(np.mean([metrics.mse(o, after) for o in outs])))
-    scores = {"mse": mse, "clip": clip_scores, "edit": edit_scores}
+    scores = {"mse": mse, "clip": clip_scores, "edit": edit_scores} if edit_seeds else {"mse": mse, "clip": clip_scores}
+    z = paired_z(per_sample, true)
+    best_other = min((c for c in range(len(texts)) if c != true), key=lambda c: mse[c])
     return {"direction": d.key, "edit": d.edit.name, "category": d.edit.category,
             "example_objects": [o.shape for o in d.examples[0].before.objects], "candidates": texts, "true": true,
-            "scores": scores, "rank": {k: rank_of(v, true) for k, v in scores.items()}}
+            "scores": scores, "rank": {k: rank_of(v, true) for k, v in scores.items()}, "mse_paired_z": z,
+            "best_other": texts[best_other], "best_other_z": z[best_other]}
+
+
+def paired_z(per_sample: torch.Tensor, true: int) -> list[float]:
+    """Per candidate, the mean of its per-sample MSE term minus the true wording's over the standard error of that
+    difference (common draws); negative: the candidate fits the pair better. 0 for the true wording itself."""
+    d = (per_sample - per_sample[true]).double()
+    se = d.std(dim=1) / d.shape[1] ** 0.5
+    return [0.0 if c == true else float(d[c].mean() / se[c]) for c in range(len(d))]
 
 
 def summarise(rows: list[dict]) -> dict:
     n = len(rows)
     out = {"n": n, "chance_first": float(np.mean([1 / len(r["candidates"]) for r in rows])) if n else None}
     for key in ("mse", "clip", "edit"):
+        if not rows or key not in rows[0]["rank"]:
+            continue
         ranks = [r["rank"][key] for r in rows]
         out[key] = {"first": sum(x == 1 for x in ranks) / n if n else None,
                     "mean_rank": float(np.mean(ranks)) if n else None}
+    # is the MSE term's preference resolved by its draws? |z| > 2: beyond the noise of the samples
+    z = [r["best_other_z"] for r in rows]
+    out["mse_wrong_word_wins_beyond_noise"] = sum(x < -2 for x in z)
+    out["mse_true_word_wins_beyond_noise"] = sum(x > 2 for x in z)
+    out["mse_within_noise"] = sum(abs(x) <= 2 for x in z)
     return out
 
 
@@ -113,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, d in enumerate(directions):
         rows.append(score_direction(pipe, clip, processor, d, args.edit_seeds, args.samples, args.seed))
         print(f"[{i + 1}/{len(directions)}] {d.edit.name}: true shape ranked {rows[-1]['rank']} "
-              f"of {len(rows[-1]['candidates'])}", flush=True)
+              f"of {len(rows[-1]['candidates'])}; best other {rows[-1]['best_other']!r}, paired z "
+              f"{rows[-1]['best_other_z']:.1f}", flush=True)
     res = {"seed": args.seed, "model": names.ip2p, "clip": names.clip, "edit_seeds": args.edit_seeds,
            "samples": args.samples, "seconds": round(time.time() - t0, 1), "summary": summarise(rows), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -301,3 +301,21 @@ def test_diagnose_visii_ranks_the_true_shape_word_among_its_swaps(model_dirs, tm
         assert row["rank"][key] == diag.rank_of(row["scores"][key], row["true"])
         assert res["summary"][key]["first"] == (row["rank"][key] == 1)
     assert res["summary"]["n"] == 1 and res["summary"]["chance_first"] == 1 / n
+    # the MSE term's paired z: 0 for the true wording, negative where a candidate fits the pair better
+    assert len(row["mse_paired_z"]) == n and row["mse_paired_z"][row["true"]] == 0.0
+    assert row["best_other"] in row["candidates"] and row["best_other"] != row["candidates"][row["true"]]
+    assert row["best_other_z"] == row["mse_paired_z"][row["candidates"].index(row["best_other"])]
+    s = res["summary"]
+    assert s["mse_wrong_word_wins_beyond_noise"] + s["mse_true_word_wins_beyond_noise"] + s["mse_within_noise"] == 1
+
+
+def test_paired_z_is_the_mean_difference_over_its_standard_error():
+    import torch
+
+    diag = load_script("diagnose_visii")
+    per_sample = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 2.0, 4.0], [2.0, 3.0, 4.0, 5.0]])
+    z = diag.paired_z(per_sample, true=0)
+    assert z[0] == 0.0
+    d = torch.tensor([-1.0, 0.0, -1.0, 0.0])  # candidate 1 minus the true wording
+    assert abs(z[1] - float(d.mean() / (d.std() / 2))) < 1e-6 and z[1] < 0
+    assert z[2] == float("inf")  # always worse by exactly 1: a zero-variance difference

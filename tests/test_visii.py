@@ -105,6 +105,17 @@ def test_substitutes_share_both_neighbours():
     assert visii.substitutes("make it red", bank) == [[], [], ["night"]]  # the ends count as neighbours
 
 
+def test_instruction_mse_per_sample_rows_average_to_the_scores(tiny, pairs):
+    """Per-sample terms (for paired statistics between texts) are the same draws the scores average."""
+    pipe = tiny.ip2p
+    z_x, z_y = _encoded(pipe, pairs[:2])
+    texts = ["make it red", "make it blue", "turn the circle red"]
+    scores = visii.instruction_mse(pipe, z_x, z_y, texts, 3, torch.Generator().manual_seed(1))
+    samples = visii.instruction_mse(pipe, z_x, z_y, texts, 3, torch.Generator().manual_seed(1), per_sample=True)
+    assert samples.shape == (3, 2 * 3) and (samples >= 0).all()
+    assert torch.allclose(samples.mean(1), scores, rtol=1e-5)
+
+
 def test_swap_words_keeps_only_swaps_that_lower_the_mse(tiny, pairs):
     """One candidate swap: taken exactly when it scores lower on the rank's draws. More: the text comes back no
     worse than it went in on those draws, each word either kept or one of its substitutes."""

@@ -288,8 +288,10 @@ def search_instruction(pipe, clip, z_x: Sequence[torch.Tensor], z_y: Sequence[to
 
 @torch.no_grad()
 def instruction_mse(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], texts: Sequence[str], K: int,
-                    generator: torch.Generator, progress: bool = False, desc: str = "instructions") -> torch.Tensor:
-    """VISII's MSE term (Eq. 2, conditional prediction) of each of ``texts`` on the pairs, (len(texts),).
+                    generator: torch.Generator, progress: bool = False, desc: str = "instructions",
+                    per_sample: bool = False) -> torch.Tensor:
+    """VISII's MSE term (Eq. 2, conditional prediction) of each of ``texts`` on the pairs, (len(texts),); with
+    ``per_sample`` each (pair, t, ε) sample's term, (len(texts), pairs × K), whose row means are those scores.
 
     Every text is scored on the same K (t, ε) per pair, stratified over [0, T) (``stratified_samples``), so
     that differences between texts are not differences between draws.
@@ -307,12 +309,13 @@ def instruction_mse(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tenso
     for i in tqdm(range(0, len(texts), chunk), desc=desc, leave=False, disable=not progress):
         cond = encode_text(pipe, list(texts[i:i + chunk])).to(unet.dtype)
         n = len(cond)
-        total = torch.zeros(n, device=device)
+        per_pair = []
         for x_in, t, eps in samples:
             eps_hat = unet(x_in.repeat(n, 1, 1, 1), t.repeat(n), encoder_hidden_states=cond.repeat_interleave(K, 0)).sample
-            total += (eps_hat.float() - eps.repeat(n, 1, 1, 1)).pow(2).flatten(1).mean(1).view(n, K).mean(1)
-        scores.append(total / len(samples))
-    return torch.cat(scores)
+            per_pair.append((eps_hat.float() - eps.repeat(n, 1, 1, 1)).pow(2).flatten(1).mean(1).view(n, K))
+        scores.append(torch.cat(per_pair, dim=1))
+    scores = torch.cat(scores)
+    return scores if per_sample else scores.mean(1)
 
 
 def bank_instruction(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], bank: Sequence[str],
