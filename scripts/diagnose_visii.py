@@ -70,11 +70,10 @@ def score_direction(pipe, clip, processor, d, edit_seeds: int, samples: int, see
     delta = edit_direction(clip, processor, [before], [after])
     with torch.no_grad():
         clip_scores = [float(clip_loss(clip, *encode_instruction(pipe, t), delta)) for t in texts]
-    edit_scores = []
-    for text in texts:
-        outs = [ip2p_edit(pipe, [before], text, seed=seed + k)[0] for k in range(edit_seeds)]
-        edit_scores.append(float(np.mean([metrics.mse(o, after) for o in outs])))
-    scores = {"mse": mse, "clip": clip_scores, "edit": edit_scores} if edit_seeds else {"mse": mse, "clip": clip_scores}
+    scores = {"mse": mse, "clip": clip_scores}
+    if edit_seeds:
+        scores["edit"] = [float(np.mean([metrics.mse(ip2p_edit(pipe, [before], text, seed=seed + k)[0], after)
+                                         for k in range(edit_seeds)])) for text in texts]
     z = paired_z(per_sample, true)
     best_other = min((c for c in range(len(texts)) if c != true), key=lambda c: mse[c])
     return {"direction": d.key, "edit": d.edit.name, "category": d.edit.category,
