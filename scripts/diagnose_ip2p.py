@@ -8,6 +8,7 @@
     python scripts/diagnose_ip2p.py confusion --n 3        # which shape pairs the named object is mistaken in
     python scripts/diagnose_ip2p.py binding --n 600        # edits naming one object of a busy scene: the right one?
     python scripts/diagnose_ip2p.py compound --n 150       # two edits in one instruction: are both done?
+    python scripts/diagnose_ip2p.py absent --n 200         # an edit naming a shape that is not there: left alone?
     python scripts/diagnose_ip2p.py gate --unet RUN/ip2p/final --against OLD.json   # the #2 gate, paired vs OLD
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
@@ -38,6 +39,10 @@
   followed by the user's words) reads. Scored by edit success against the true after-image of both edits and
   by which true after-image the output is nearest (``metrics.nearest_style``): both edits, the first or the
   second part alone, or the unedited input.
+- ``absent``: N held-out object edits that name a shape the scene does not hold (``world.absent_pair``). There
+  is nothing to do; is the scene left alone (the output nearer the input than the same edit done on any of its
+  objects) or is an object edited as if it were named? The training mix has no such pairs unless
+  ``train ip2p --absent-pairs`` adds them.
 - ``gate``: the InstructPix2Pix gate of ``pairedit train eval`` (``evaluate.eval_ip2p``: 280 held-out pairs and
   the vague drawing instruction) on the pipeline with ``--unet`` swapped in, before it is exported.
 
@@ -330,6 +335,37 @@ def binding(pipe, n: int) -> dict:
     return res
 
 
+def absent(pipe, n: int) -> dict:
+    """On N held-out edits naming a shape the scene lacks (``world.absent_pair``), is the scene left alone or is one
+    of its objects edited as if named? Nearest (pixel MSE) among the input and each object's edit."""
+    from pairedit.training.evaluate import same_edit_on_other_objects
+
+    rng = random.Random("absent-eval")
+    size = resolution(pipe)
+    rows = []
+    for i in range(n):
+        pair = world.absent_pair(rng, "test")
+        before = fit(world.render(pair.before), size)
+        edited = {f"object{k}": fit(world.render(s), size)
+                  for k, s in enumerate(same_edit_on_other_objects(pair.before, pair.edit))}
+        if not edited:  # no object the edit could have hit visibly
+            continue
+        out = ip2p_edit(pipe, [before], pair.edit.instruction(wording=0), seed=i)[0]
+        left_alone = metrics.nearest_style(out, edited, input=before) == metrics.NO_STYLE
+        rows.append({"edit": pair.edit.name, "category": pair.edit.category, "left_alone": left_alone,
+                     "psnr_to_input": metrics.psnr(out, before)})
+
+    def summary(sel: list[dict]) -> dict:
+        return {"n": len(sel), "left_alone": sum(r["left_alone"] for r in sel) / max(len(sel), 1),
+                "psnr_to_input": float(np.mean([r["psnr_to_input"] for r in sel])) if sel else None}
+
+    res = {"all": summary(rows),
+           "by_category": {c: summary([r for r in rows if r["category"] == c]) for c in world.TARGETED_CATEGORIES},
+           "per_pair_left_alone": "".join(str(int(r["left_alone"])) for r in rows)}
+    print(json.dumps({k: v for k, v in res.items() if not k.startswith("per_pair")}), flush=True)
+    return res
+
+
 COMPOUND_OUTCOMES = ("both", "first only", "second only", metrics.NO_STYLE)
 
 
@@ -459,7 +495,7 @@ def _counts(values) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "compound",
-                                        "gate", "plateau"))
+                                        "absent", "gate", "plateau"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final; its text_encoder/ "
                                    "too, if the run trained one)")
@@ -489,6 +525,8 @@ def main() -> None:
         res = binding(pipe, args.n)
     elif args.what == "compound":
         res = compound(pipe, args.n)
+    elif args.what == "absent":
+        res = absent(pipe, args.n)
     elif args.what == "gate":
         res = eval_ip2p(pipe)
     elif args.what == "plateau":

@@ -171,6 +171,9 @@ def test_diagnose_ip2p_runs_every_diagnostic(model_dirs, monkeypatch, tmp_path):
     assert both["and"]["all"]["n"] == both["space"]["all"]["n"] == 2 and len(both["per_pair_nearest"]) == 4
     assert set(both["per_pair_nearest"]) <= set(diag.COMPOUND_OUTCOMES)
     assert sum(both["all"][k] for k in diag.COMPOUND_OUTCOMES) == pytest.approx(1)
+    gone = diag.absent(pipe, n=3)  # edits naming a shape the scene lacks: left alone, or an object edited?
+    assert 1 <= gone["all"]["n"] <= 3 and len(gone["per_pair_left_alone"]) == gone["all"]["n"]
+    assert 0 <= gone["all"]["left_alone"] <= 1
 
 
 def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):

@@ -196,7 +196,7 @@ def test_each_trainer_runs_and_export_loads(tiny_run, monkeypatch):
     joint = run / "joint"
     train_ip2p(joint, IP2PTrainConfig(out=str(joint / "ip2p"), batch_size=2, lr=1e-2, n_pairs=8,
                                       base=str(bundle / "ip2p"), train_text_encoder=True, edit_region_weight=4.0,
-                                      object_weight=2.0, twin_pairs=2, **few))
+                                      object_weight=2.0, twin_pairs=2, absent_pairs=2, **few))
     base_te, te = (CLIPTextModel.from_pretrained(f) for f in (bundle / "ip2p" / "text_encoder",
                                                                joint / "ip2p" / "final" / "text_encoder"))
     assert not torch.equal(te.final_layer_norm.weight, base_te.final_layer_norm.weight.float())
@@ -660,3 +660,14 @@ def test_clip_eval_measures_retrieval_and_shape_twins_on_the_bundle():
     assert res["caption_to_image_top1"] >= 0.9 and res["n_shape_twins"] == 200  # the gate (docs/models.md)
     # a caption picks its own scene over the same scene with one shape changed more often than chance
     assert 0.6 < res["shape_twins_caption_to_image"] <= 1 and 0.55 < res["shape_twins_image_to_caption"] <= 1
+
+
+def test_absent_pairs_join_the_pool_with_after_equal_to_before(tmp_path):
+    from pairedit.training import data, trainers
+
+    vae = AutoencoderKL(**models.vae_config((8, 8, 8))).eval()
+    with torch.no_grad():
+        edits, lat = trainers.training_pairs(tmp_path, 2, 0, vae, absent=3)
+    stream = data._pair_stream("absent", 0, 0)
+    assert edits[2:] == [next(stream).edit for _ in range(3)] and lat["before"].shape[0] == 5
+    assert torch.equal(lat["before"][2:], lat["after"][2:])  # same image, same latent: nothing to do

@@ -165,3 +165,19 @@ def test_shape_twins_change_one_objects_shape_and_one_caption_word():
         assert world.shape_twin(held, random.Random(0), "test").split == "test"
     except world.WorldError as e:
         assert "no shape twin" in str(e)
+
+
+def test_absent_pairs_name_a_shape_the_scene_lacks_and_change_nothing():
+    rng = random.Random(4)
+    pairs = [world.absent_pair(rng, "train") for _ in range(60)]
+    for p in pairs:
+        assert p.after == p.before and p.before.split == "train"
+        assert p.edit.category in world.TARGETED_CATEGORIES and not world.is_heldout_combo(p.edit)
+        assert p.edit.target not in {o.shape for o in p.before.objects}
+        assert p.edit.target in p.instruction
+        with pytest.raises(world.EditNotApplicable):  # the edit itself does not apply: nothing to do
+            apply_edit(p.before, p.edit)
+    assert {p.edit.category for p in pairs} == set(world.TARGETED_CATEGORIES)
+    assert {len(p.before.objects) for p in pairs} == {1, 2, 3}
+    p = world.absent_pair(random.Random(1), "test")
+    assert p.before.split == "test" and world.is_heldout_combo(p.edit)

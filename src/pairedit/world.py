@@ -703,6 +703,23 @@ def binding_twins(rng: random.Random, split: str = "train") -> tuple[Pair, Pair]
     raise WorldError(f"could not sample binding twins for the {split} split")
 
 
+def absent_pair(rng: random.Random, split: str = "train") -> Pair:
+    """An object edit that names a shape the scene does not hold ("remove the hexagon" beside a circle and a
+    square), with the scene unchanged as its after-image: what a model should do when the named object is not
+    there. A model never shown this edits some object anyway, so on one example pair VISII's MSE term can prefer
+    a wrong, absent shape word to the true one (docs/visii.md, session 30)."""
+    for _ in range(1000):
+        edit = _random_edit_in(rng, split, TARGETED_CATEGORIES)
+        n = rng.choice((1, 1, 2, 2, 3))
+        shapes = tuple(rng.sample([s for s in SHAPES if s != edit.target], n))
+        try:
+            scene = random_scene(rng, split, n_objects=n, shapes=shapes)
+        except WorldError:
+            continue
+        return Pair(scene, scene, edit, edit.instruction(rng))
+    raise WorldError(f"could not sample an absent-object pair for the {split} split")
+
+
 def shape_twin(scene: Scene, rng: random.Random, split: str = "train") -> Scene:
     """The scene with one object's shape changed to a shape it does not hold, everything else equal: a hard
     negative for contrastive training (NegCLIP, Yuksekgonul et al. 2023), whose caption differs in one word.

@@ -77,6 +77,10 @@ def add_cli(sub) -> None:
                    help="ip2p: extra training pairs drawn as binding twins: one busy scene with one edit aimed at two "
                         "different objects (\"make the circle red\" / \"make the square red\"), so that only reading "
                         "the shape word fits both (default 0)")
+    p.add_argument("--absent-pairs", type=int, default=None,
+                   help="ip2p: extra training pairs whose object edit names a shape the scene does not hold, with the "
+                        "scene unchanged as the after-image (\"remove the hexagon\" beside a circle: nothing to do), so "
+                        "that the model looks for the named object before editing (default 0)")
     p.add_argument("--train-text-encoder", action="store_true", default=None,
                    help="ip2p: optimise the text encoder together with the UNet (same learning rate and EMA); the "
                         "paper keeps it frozen, and then the model's text encoder no longer equals CLIP's text tower. "
@@ -161,7 +165,7 @@ def run_cli(args: argparse.Namespace) -> int:
     values = dict(defaults, out=str(run / args.stage.replace("-", "_")), seed=args.seed, ckpt_every=args.ckpt_every)
     for name in ("steps", "batch_size", "lr", "threads", "mixed_precision", "snr_gamma", "n_pairs", "binding_pairs",
                  "compound_pairs", "train_text_encoder", "text_tower", "edit_region_weight",
-                 "object_weight", "decode_from", "twin_pairs", "shape_negatives"):
+                 "object_weight", "decode_from", "twin_pairs", "shape_negatives", "absent_pairs"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["base"] = args.base

@@ -44,7 +44,8 @@ def scenes_dataset(path: Path, n: int, seed: int) -> dict:
 # The kinds of training pair a file can hold, each drawn from a random stream of its own (a draw may give
 # several pairs: binding twins come two at a time, one after the other in the file).
 PAIR_KINDS = {"usual": ("pairs", world.random_pair), "binding": ("binding", world.binding_pair),
-              "compound": ("compound", world.compound_pair), "twins": ("twins", world.binding_twins)}
+              "compound": ("compound", world.compound_pair), "twins": ("twins", world.binding_twins),
+              "absent": ("absent", world.absent_pair)}
 
 
 def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = True, kind: str = "usual") -> dict:
@@ -54,8 +55,9 @@ def pairs_dataset(path: Path, n: int, seed: int, part: int = 0, pixels: bool = T
     never changes the pairs already drawn. ``pixels=False`` skips reading the 1.5 GB of before/after pixels
     from an existing file (a trainer whose latents are cached needs only the edits). ``kind`` is "usual"
     (``world.random_pair``), "binding" (edits that name one object of a busy scene, ``world.binding_pair``),
-    "compound" (a scene-wide and an object edit in one instruction, ``world.compound_pair``) or "twins" (two
-    edits of one busy scene naming different objects, ``world.binding_twins``).
+    "compound" (a scene-wide and an object edit in one instruction, ``world.compound_pair``), "twins" (two
+    edits of one busy scene naming different objects, ``world.binding_twins``) or "absent" (an object edit
+    naming a shape the scene lacks, the scene unchanged, ``world.absent_pair``).
     """
     path = Path(path)
     if path.exists():

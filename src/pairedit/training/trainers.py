@@ -326,17 +326,19 @@ CELL_MASKS = {"changed": _changed_cells_of_file, "objects": _object_cells_of_fil
 
 
 def training_pairs(run: Path, n: int, seed: int, vae, binding: int = 0, compound: int = 0,
-                   cells: tuple[str, ...] = (), twins: int = 0) -> tuple[list, dict[str, torch.Tensor]]:
+                   cells: tuple[str, ...] = (), twins: int = 0, absent: int = 0) -> tuple[list, dict[str, torch.Tensor]]:
     """The first ``n`` training pairs, then ``binding`` pairs that name one object of a busy scene,
     ``compound`` pairs with two edits in one instruction and ``twins`` pairs that come as binding twins (two
-    edits of one scene naming different objects): their edits and VAE latents (before, after), from
+    edits of one scene naming different objects) and ``absent`` pairs whose edit names a shape the scene lacks
+    (after = before): their edits and VAE latents (before, after), from
     files of ``PAIRS_PER_FILE`` pairs. A larger count adds files and keeps the earlier pairs as they were.
     ``cells`` adds per-pair latent-cell masks named in ``CELL_MASKS`` (cached next to the latents): "changed"
     (``changed_cells``) and "objects" (the cells of every object in the before- or after-scene)."""
     edits, latents = [], []
     with main_process_first():
         for prefix, count, kind in (("pair", n, "usual"), ("binding_pair", binding, "binding"),
-                                    ("compound_pair", compound, "compound"), ("twin_pair", twins, "twins")):
+                                    ("compound_pair", compound, "compound"), ("twin_pair", twins, "twins"),
+                                    ("absent_pair", absent, "absent")):
             for part, start in enumerate(range(0, count, PAIRS_PER_FILE)):
                 suffix = f"_{part}" if part else ""
                 size = min(PAIRS_PER_FILE, count - start)
@@ -503,6 +505,11 @@ class IP2PTrainConfig(LoopConfig):
     # objects), a counterfactual the UNet can only fit by reading the shape word; 0 = none. The twins sit next
     # to each other in the pool and are sampled independently, like every pair; wordings are drawn per batch.
     twin_pairs: int = 0
+    # Extra pairs whose object edit names a shape the scene lacks, the after-image the unchanged scene
+    # (world.absent_pair): naming an object that is not there does nothing, so the UNet has to look for the named
+    # shape before it edits. Session 30 found that without them the model's loss on one example pair prefers a
+    # shape word absent from the scene to the true one in 7 of 16 held-out object edits (docs/visii.md); 0 = none.
+    absent_pairs: int = 0
     # InstructPix2Pix §3.2.1: "randomly set c_I = ∅_I for 5% of examples, c_T = ∅_T for 5% of
     # examples, and both for 5% of examples".
     drop_image: float = 0.05
@@ -566,7 +573,7 @@ def train_ip2p(run: Path, cfg: IP2PTrainConfig) -> None:
     weights = {"changed": cfg.edit_region_weight, "objects": cfg.object_weight}
     weights = {k: w for k, w in weights.items() if w}
     edits, lat = training_pairs(run, cfg.n_pairs, cfg.seed, vae, cfg.binding_pairs, cfg.compound_pairs, tuple(weights),
-                                cfg.twin_pairs)
+                                cfg.twin_pairs, cfg.absent_pairs)
     sf = vae.config.scaling_factor
     scheduler = DDPMScheduler.from_config(models.noise_schedule_config())
     if cfg.train_text_encoder:
