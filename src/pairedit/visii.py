@@ -104,7 +104,8 @@ class VisiiConfig:
     # fresh directions (seed 1, scripts/compare_inits.py --variants bank bank-swap, docs/visii/swap_seed1.json) it
     # changed 10 of 14 picks but named the right object in 1 of the 8 held-out object edits the pick got wrong;
     # edit success 0.71 vs the plain bank's 0.72 (2 vs 3 flipped, p = 1.0). Swaps for any bank word: 42 vs 43 of
-    # 56 (swap_any_seed1.json).
+    # 56 (swap_any_seed1.json). Seed 2 (session 30, swap_seed2.json): 0.73 vs 0.72 (3 vs 2, p = 1.0), the right
+    # object named in 0 of 8 object edits.
     bank_swap_words: bool = False
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
