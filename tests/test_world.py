@@ -181,3 +181,9 @@ def test_absent_pairs_name_a_shape_the_scene_lacks_and_change_nothing():
     assert {len(p.before.objects) for p in pairs} == {1, 2, 3}
     p = world.absent_pair(random.Random(1), "test")
     assert p.before.split == "test" and world.is_heldout_combo(p.edit)
+
+
+def test_shape_twins_draws_scenes_that_have_a_twin_in_the_split():
+    pairs = world.shape_twins(random.Random(7), 5, "test")
+    assert len(pairs) == 5 and all(a.split == b.split == "test" and a != b for a, b in pairs)
+    assert pairs == world.shape_twins(random.Random(7), 5, "test")

@@ -703,6 +703,18 @@ def binding_twins(rng: random.Random, split: str = "train") -> tuple[Pair, Pair]
     raise WorldError(f"could not sample binding twins for the {split} split")
 
 
+def shape_twins(rng: random.Random, n: int, split: str = "train") -> list[tuple[Scene, Scene]]:
+    """``n`` random scenes of ``split``, each with a ``shape_twin`` in the same split (scenes without one are skipped)."""
+    out = []
+    while len(out) < n:
+        scene = random_scene(rng, split)
+        try:
+            out.append((scene, shape_twin(scene, rng, split)))
+        except WorldError:  # none of its twins lies in the split
+            continue
+    return out
+
+
 def absent_pair(rng: random.Random, split: str = "train") -> Pair:
     """An object edit that names a shape the scene does not hold ("remove the hexagon" beside a circle and a
     square), with the scene unchanged as its after-image: what a model should do when the named object is not

@@ -56,13 +56,7 @@ def eval_clip(clip, processor, n: int = 100, n_twins: int = 500) -> dict:
     img = feats.image_features([world.render(s) for s in scenes])
     txt = feats.text_features([s.caption for s in scenes])
     top1 = (txt @ img.T).argmax(dim=1) == torch.arange(n)
-    rng, pairs = random.Random("eval-shape-twins"), []
-    while len(pairs) < n_twins:
-        scene = world.random_scene(rng, "test")
-        try:
-            pairs.append((scene, world.shape_twin(scene, rng, "test")))
-        except world.WorldError:  # none of its twins is a held-out scene
-            continue
+    pairs = world.shape_twins(random.Random("eval-shape-twins"), n_twins, "test")
     img = feats.image_features([world.render(s) for pair in pairs for s in pair]).view(n_twins, 2, -1)
     txt = feats.text_features([s.caption for pair in pairs for s in pair]).view(n_twins, 2, -1)
     sim = torch.einsum("nid,njd->nij", txt, img)  # [scene, caption, image]

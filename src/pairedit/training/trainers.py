@@ -108,13 +108,7 @@ class ClipTrainConfig(LoopConfig):
 def shape_twin_batch(n: int, rng: random.Random) -> tuple[np.ndarray, list[str]]:
     """``n`` training scenes and their shape twins, rendered: pixels (2n, H, W, 3) uint8 and captions, each scene
     next to its twin."""
-    scenes = []
-    while len(scenes) < 2 * n:
-        scene = world.random_scene(rng, "train")
-        try:
-            scenes += [scene, world.shape_twin(scene, rng)]
-        except world.WorldError:  # none of its twins is a training scene
-            continue
+    scenes = [s for pair in world.shape_twins(rng, n, "train") for s in pair]
     return np.stack([np.asarray(world.render(s)) for s in scenes]), [s.caption for s in scenes]
 
 
