@@ -10,6 +10,7 @@
     python scripts/diagnose_ip2p.py compound --n 150       # two edits in one instruction: are both done?
     python scripts/diagnose_ip2p.py absent --n 200         # an edit naming a shape that is not there: left alone?
     python scripts/diagnose_ip2p.py gate --unet RUN/ip2p/final --against OLD.json   # the #2 gate, paired vs OLD
+    python scripts/diagnose_ip2p.py gate --sampling-steps 100 --against OLD.json    # the gate at the paper's 100 steps
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
   ``train eval`` for a few samplers settings; the gate itself is measured at 20 steps, s_T 7.5, s_I 1.5.
@@ -67,7 +68,7 @@ from pairedit import metrics, models, world
 from pairedit.editing import ip2p_edit, resolution
 from pairedit.images import fit, to_pil, to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
-from pairedit.training.evaluate import eval_ip2p, heldout_pairs, vae_roundtrip
+from pairedit.training.evaluate import GATE_STEPS, eval_ip2p, heldout_pairs, vae_roundtrip
 from pairedit.training.trainers import trained_text_encoder
 
 SWEEP = [dict(steps=20), dict(steps=50), dict(steps=100), dict(steps=20, s_text=3.0), dict(steps=20, s_image=3.0),
@@ -304,7 +305,7 @@ def _progress(i: int, n: int, rows: list[dict], every: int) -> None:
 
 
 @torch.no_grad()
-def binding(pipe, n: int) -> dict:
+def binding(pipe, n: int, steps: int = 20) -> dict:
     """Edit success and named / other / none on N held-out edits naming one object of a busy scene."""
     from pairedit.training.evaluate import which_object
 
@@ -314,7 +315,7 @@ def binding(pipe, n: int) -> dict:
     for i in range(n):
         pair = world.binding_pair(rng, "test")
         before, after = (fit(im, size) for im in pair.images())
-        out = ip2p_edit(pipe, [before], pair.edit.instruction(wording=0), seed=i)[0]
+        out = ip2p_edit(pipe, [before], pair.edit.instruction(wording=0), seed=i, steps=steps)[0]
         rows.append({"edit": pair.edit.name, "category": pair.edit.category, "objects": len(pair.before.objects),
                      "edit_success": metrics.edit_success(before, out, after),
                      "chosen": which_object(out, before, after, pair.before, pair.edit, size)})
@@ -507,6 +508,8 @@ def main() -> None:
                     "(FILE or FILE:KEY for one entry of a file that keeps several)")
     ap.add_argument("--outcomes", nargs="+", metavar="FILE[:KEY]",
                     help="plateau only: earlier gate measurements of different UNets (as for --against)")
+    ap.add_argument("--sampling-steps", type=int, default=None,
+                    help="gate/binding: Euler-ancestral steps (default: the gate's, evaluate.GATE_STEPS)")
     ap.add_argument("--seeds", type=int, default=4, help="plateau only: other sampling seeds per pair not always won")
     args = ap.parse_args()
     if args.what == "plateau" and not args.outcomes:
@@ -522,13 +525,13 @@ def main() -> None:
     elif args.what == "confusion":
         res = binding_confusion(pipe, args.n)
     elif args.what == "binding":
-        res = binding(pipe, args.n)
+        res = binding(pipe, args.n, steps=args.sampling_steps or GATE_STEPS)
     elif args.what == "compound":
         res = compound(pipe, args.n)
     elif args.what == "absent":
         res = absent(pipe, args.n)
     elif args.what == "gate":
-        res = eval_ip2p(pipe)
+        res = eval_ip2p(pipe, steps=args.sampling_steps or GATE_STEPS)
     elif args.what == "plateau":
         res = plateau(pipe, args.outcomes, args.seeds)
     else:

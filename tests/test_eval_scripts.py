@@ -174,6 +174,10 @@ def test_diagnose_ip2p_runs_every_diagnostic(model_dirs, monkeypatch, tmp_path):
     gone = diag.absent(pipe, n=3)  # edits naming a shape the scene lacks: left alone, or an object edited?
     assert 1 <= gone["all"]["n"] <= 3 and len(gone["per_pair_left_alone"]) == gone["all"]["n"]
     assert 0 <= gone["all"]["left_alone"] <= 1
+    sampled_with, edit = [], diag.ip2p_edit  # --sampling-steps reaches the sampler
+    monkeypatch.setattr(diag, "ip2p_edit", lambda *a, **kw: sampled_with.append(kw["steps"]) or edit(*a, **kw))
+    diag.binding(pipe, n=1, steps=3)
+    assert sampled_with == [3]
 
 
 def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):

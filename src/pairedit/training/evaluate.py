@@ -28,6 +28,8 @@ from .. import metrics, models, world
 from ..editing import ip2p_edit, resolution
 from ..images import atomic_write, fit, grid, save_image, to_pil, to_tensor
 
+GATE_STEPS = 20  # Euler-ancestral steps of the InstructPix2Pix gate (see EditConfig.steps)
+
 
 def heldout_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
     rng = random.Random(f"eval-scenes:{seed}")
@@ -111,7 +113,7 @@ def eval_t2i(sd, clip, processor, n: int = 100, steps: int = 25, guidance: float
 
 
 @torch.no_grad()
-def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = None, steps: int = 20,
+def eval_ip2p(pipe, n: int = 280, n_vague: int = 60, grid_path: Path | None = None, steps: int = GATE_STEPS,
               s_text: float = 7.5, s_image: float = 1.5) -> dict:
     """The gate's scores at the issue's sampler settings; other settings for diagnostics (scripts/diagnose_ip2p.py)."""
     pairs = heldout_pairs(n)
