@@ -11,6 +11,7 @@
     python scripts/diagnose_ip2p.py absent --n 200         # an edit naming a shape that is not there: left alone?
     python scripts/diagnose_ip2p.py gate --unet RUN/ip2p/final --against OLD.json   # the #2 gate, paired vs OLD
     python scripts/diagnose_ip2p.py gate --sampling-steps 100 --against OLD.json    # the gate at the paper's 100 steps
+    python scripts/diagnose_ip2p.py progress --outcomes A.json B.json:KEY C.json@STEPS --png P.png   # gate vs steps
 
 - ``sweep``: edit success (and PSNR on the pixels the edit keeps / changes) on the first N held-out pairs of
   ``train eval`` for a few samplers settings; the gate itself is measured at 20 steps, s_T 7.5, s_I 1.5.
@@ -46,6 +47,9 @@
   ``train ip2p --absent-pairs`` adds them.
 - ``gate``: the InstructPix2Pix gate of ``pairedit train eval`` (``evaluate.eval_ip2p``: 280 held-out pairs and
   the vague drawing instruction) on the pipeline with ``--unet`` swapped in, before it is exported.
+- ``progress``: no model; the gate's edit success of earlier measurements (``--outcomes``) against the UNet's
+  training steps, with the least-squares trend a + b·ln(steps) from ``--fit-from`` on and the step count at which
+  it would reach 85%; ``--png`` plots it.
 
 ``--against OLD.json`` (``binding``, ``compound`` and ``gate``): the paired McNemar test of this run's per-pair edit success
 against an earlier ``--json`` of the same measurement (same pairs and seeds, another UNet); ``OLD.json:KEY``
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -66,11 +71,12 @@ from PIL import Image
 
 from pairedit import metrics, models, world
 from pairedit.editing import ip2p_edit, resolution
-from pairedit.images import fit, to_pil, to_tensor
+from pairedit.images import atomic_write, fit, to_pil, to_tensor
 from pairedit.sampling import combine_guidance, decode_latents, encode_image_condition, encode_text
 from pairedit.training.evaluate import GATE_STEPS, eval_ip2p, heldout_pairs, vae_roundtrip
 from pairedit.training.trainers import trained_text_encoder
 
+GATE = 0.85  # the edit success issue #2 asks of InstructPix2Pix
 SWEEP = [dict(steps=20), dict(steps=50), dict(steps=100), dict(steps=20, s_text=3.0), dict(steps=20, s_image=3.0),
          dict(steps=20, s_text=1.0, s_image=1.0)]
 
@@ -409,8 +415,8 @@ def compound(pipe, n: int) -> dict:
     return res
 
 
-def load_outcomes(path: str) -> str:
-    """The per-pair edit success string of an earlier measurement: FILE or FILE:KEY[:KEY...] (nested entries).
+def load_entry(path: str) -> dict:
+    """An earlier gate (or binding) measurement: FILE or FILE:KEY[:KEY...] (nested entries).
 
     Accepts this script's ``--json``, a ``train eval`` results file or a bare entry, like ``--against``.
     """
@@ -421,8 +427,12 @@ def load_outcomes(path: str) -> str:
     entry = json.loads(Path(file).read_text())
     for key in keys:
         entry = entry[key]
-    entry = entry.get("results", entry.get("ip2p", entry))  # this script's --json, a `train eval` entry, or bare
-    return entry["per_pair_edit_success"]
+    return entry.get("results", entry.get("ip2p", entry))  # this script's --json, a `train eval` entry, or bare
+
+
+def load_outcomes(path: str) -> str:
+    """The per-pair edit success string of an earlier measurement (``load_entry``)."""
+    return load_entry(path)["per_pair_edit_success"]
 
 
 def paired_against(res: dict, path: str) -> dict:
@@ -435,6 +445,48 @@ def paired_against(res: dict, path: str) -> dict:
     only_old, only_new, p = metrics.mcnemar(a, b)
     return {"against": path, "old_edit_success": sum(a) / len(a), "new_edit_success": sum(b) / len(b),
             "only_old": only_old, "only_new": only_new, "p": p}
+
+
+def progress(points: list[str], fit_from: int, png: str | None) -> dict:
+    """The gate's edit success against the UNet's training steps, and the fit a + b·ln(steps) from ``fit_from``.
+
+    ``points``: gate measurements (``load_entry`` paths), each ``PATH@STEPS`` where the entry does not record
+    ``unet_trained_steps``. The fit says when more steps of the recipe would reach the 85% gate if the past trend
+    held; a run that falls below it beyond noise refutes that (docs/models.md, session 31).
+    """
+    rows = []
+    for spec in points:
+        path, _, steps = spec.partition("@")
+        entry = load_entry(path)
+        steps = int(steps) if steps else entry.get("unet_trained_steps")
+        if steps is None:
+            raise SystemExit(f"{path} does not say how many steps its UNet trained: give it as {path}@STEPS")
+        rows.append({"source": path, "steps": int(steps), "edit_success": entry["edit_success"]})
+    fitted = [r for r in rows if r["steps"] >= fit_from]
+    if len({r["steps"] for r in fitted}) < 2:
+        raise SystemExit(f"need measurements at two or more step counts from {fit_from} on to fit a trend")
+    b, a = np.polyfit(np.log([r["steps"] for r in fitted]), [r["edit_success"] for r in fitted], 1)
+    res = {"points": rows, "fit": {"from_steps": fit_from, "n": len(fitted), "a": a, "b": b,
+                                   "per_doubling": b * math.log(2),
+                                   "steps_for_gate": math.exp((GATE - a) / b) if b > 0 else None}}
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["steps"] for r in rows], [r["edit_success"] for r in rows], "o", label="gate measurements")
+        xs = np.geomspace(fit_from, max(2 * max(r["steps"] for r in rows), res["fit"]["steps_for_gate"] or 0), 50)
+        ax.plot(xs, a + b * np.log(xs), "--", label=f"fit from {fit_from:,} steps: {b * math.log(2):+.3f} per doubling")
+        ax.axhline(GATE, color="k", lw=0.8, label=f"gate {GATE:.0%}")
+        ax.set(xscale="log", xlabel="InstructPix2Pix training steps", ylabel="edit success (280 held-out pairs)")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=100))
+        plt.close(fig)
+    print(json.dumps(res["fit"]), flush=True)
+    return res
 
 
 @torch.no_grad()
@@ -496,7 +548,7 @@ def _counts(values) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("sweep", "x0", "split", "combos", "confusion", "binding", "compound",
-                                        "absent", "gate", "plateau"))
+                                        "absent", "gate", "plateau", "progress"))
     ap.add_argument("--ip2p", default="bundled", help="InstructPix2Pix pipeline: bundled, a folder or hub id")
     ap.add_argument("--unet", help="a UNet folder to use in that pipeline instead (e.g. RUN/ip2p/final; its text_encoder/ "
                                    "too, if the run trained one)")
@@ -507,16 +559,21 @@ def main() -> None:
     ap.add_argument("--against", help="binding/compound/gate: an earlier --json of the same measurement, for McNemar "
                     "(FILE or FILE:KEY for one entry of a file that keeps several)")
     ap.add_argument("--outcomes", nargs="+", metavar="FILE[:KEY]",
-                    help="plateau only: earlier gate measurements of different UNets (as for --against)")
+                    help="plateau: earlier gate measurements of different UNets (as for --against); progress: gate "
+                         "measurements along training, FILE[:KEY]@STEPS where the entry does not record its steps")
     ap.add_argument("--sampling-steps", type=int, default=None,
                     help="gate/binding: Euler-ancestral steps (default: the gate's, evaluate.GATE_STEPS)")
+    ap.add_argument("--fit-from", type=int, default=24_000, help="progress only: fit the trend from this many steps on")
+    ap.add_argument("--png", help="progress only: write the plot here")
     ap.add_argument("--seeds", type=int, default=4, help="plateau only: other sampling seeds per pair not always won")
     args = ap.parse_args()
-    if args.what == "plateau" and not args.outcomes:
-        ap.error("plateau needs --outcomes: two or more earlier gate measurements")
+    if args.what in ("plateau", "progress") and not args.outcomes:
+        ap.error(f"{args.what} needs --outcomes: two or more earlier gate measurements")
     torch.set_num_threads(args.threads)
-    pipe = load(args.ip2p, args.unet)
-    if args.what == "sweep":
+    pipe = None if args.what == "progress" else load(args.ip2p, args.unet)
+    if args.what == "progress":
+        res = progress(args.outcomes, args.fit_from, args.png)
+    elif args.what == "sweep":
         res = sweep(pipe, args.n)
     elif args.what == "x0":
         res = x0_by_branch(pipe, args.n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -192,6 +193,25 @@ def test_diagnose_ip2p_pairs_a_measurement_with_an_earlier_one(tmp_path):
         assert (res["only_old"], res["only_new"]) == (1, 5)
         assert res["p"] == pytest.approx(2 * (1 + 6) / 2**6)  # exact two-sided: 2·P(X ≤ 1), X ~ Bin(6, 1/2)
         assert res["old_edit_success"] == pytest.approx(2 / 7) and res["new_edit_success"] == pytest.approx(6 / 7)
+
+
+def test_diagnose_ip2p_progress_fits_the_gate_against_log_steps(tmp_path):
+    """progress: points from `train eval` files or FILE@STEPS, the ln(steps) trend from --fit-from on, a plot."""
+    diag = load_script("diagnose_ip2p")
+    for steps in (1_000, 10_000, 20_000, 40_000):  # exactly 0.5 + 0.1·log2(steps / 10,000) from 10,000 on
+        success = 0.5 + 0.1 * math.log2(steps / 10_000) if steps >= 10_000 else 0.1
+        entry = {"edit_success": success, "unet_trained_steps": steps}
+        (tmp_path / f"s{steps}.json").write_text(json.dumps({"ip2p": entry} if steps > 1_000 else {"gate": entry}))
+    (tmp_path / "bare.json").write_text(json.dumps({"edit_success": 0.5}))
+    points = [str(tmp_path / f"s{s}.json") for s in (10_000, 20_000, 40_000)] + [str(tmp_path / "s1000.json:gate")]
+    res = diag.progress(points + [str(tmp_path / "bare.json") + "@10000"], fit_from=10_000,
+                        png=str(tmp_path / "p.png"))
+    assert [p["steps"] for p in res["points"]] == [10_000, 20_000, 40_000, 1_000, 10_000]
+    assert res["fit"]["n"] == 4 and res["fit"]["per_doubling"] == pytest.approx(0.1)
+    assert res["fit"]["steps_for_gate"] == pytest.approx(10_000 * 2 ** 3.5)  # 0.5 + 0.1·3.5 = 0.85
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="@STEPS"):
+        diag.progress([str(tmp_path / "bare.json")], fit_from=0, png=None)
 
 
 def test_diagnose_ip2p_plateau_splits_pairs_by_how_many_runs_won_them(model_dirs, tmp_path):
