@@ -311,7 +311,7 @@ def _progress(i: int, n: int, rows: list[dict], every: int) -> None:
 
 
 @torch.no_grad()
-def binding(pipe, n: int, steps: int = 20) -> dict:
+def binding(pipe, n: int, steps: int = GATE_STEPS) -> dict:
     """Edit success and named / other / none on N held-out edits naming one object of a busy scene."""
     from pairedit.training.evaluate import which_object
 
@@ -561,8 +561,8 @@ def main() -> None:
     ap.add_argument("--outcomes", nargs="+", metavar="FILE[:KEY]",
                     help="plateau: earlier gate measurements of different UNets (as for --against); progress: gate "
                          "measurements along training, FILE[:KEY]@STEPS where the entry does not record its steps")
-    ap.add_argument("--sampling-steps", type=int, default=None,
-                    help="gate/binding: Euler-ancestral steps (default: the gate's, evaluate.GATE_STEPS)")
+    ap.add_argument("--sampling-steps", type=int, default=GATE_STEPS,
+                    help=f"gate/binding: Euler-ancestral steps (default: the gate's, {GATE_STEPS})")
     ap.add_argument("--fit-from", type=int, default=24_000, help="progress only: fit the trend from this many steps on")
     ap.add_argument("--png", help="progress only: write the plot here")
     ap.add_argument("--seeds", type=int, default=4, help="plateau only: other sampling seeds per pair not always won")
@@ -582,13 +582,13 @@ def main() -> None:
     elif args.what == "confusion":
         res = binding_confusion(pipe, args.n)
     elif args.what == "binding":
-        res = binding(pipe, args.n, steps=args.sampling_steps or GATE_STEPS)
+        res = binding(pipe, args.n, steps=args.sampling_steps)
     elif args.what == "compound":
         res = compound(pipe, args.n)
     elif args.what == "absent":
         res = absent(pipe, args.n)
     elif args.what == "gate":
-        res = eval_ip2p(pipe, steps=args.sampling_steps or GATE_STEPS)
+        res = eval_ip2p(pipe, steps=args.sampling_steps)
     elif args.what == "plateau":
         res = plateau(pipe, args.outcomes, args.seeds)
     else:

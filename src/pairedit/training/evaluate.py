@@ -25,10 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import metrics, models, world
-from ..editing import ip2p_edit, resolution
+from ..editing import EditConfig, ip2p_edit, resolution
 from ..images import atomic_write, fit, grid, save_image, to_pil, to_tensor
 
-GATE_STEPS = 20  # Euler-ancestral steps of the InstructPix2Pix gate (see EditConfig.steps)
+GATE_STEPS = EditConfig.steps  # Euler-ancestral steps of the InstructPix2Pix gate: the editing default
 
 
 def heldout_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
