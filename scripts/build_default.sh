@@ -40,4 +40,21 @@ pairedit train export --run "$RUN-clip" --clip-only               # CLIP → bun
 pairedit train vae-decoder --run "$RUN-decoder" --seed 0 --threads "$THREADS" --steps 2500 --lr 1e-4 \
     --decode-from mode --base src/pairedit/bundled/ip2p
 pairedit train export --run "$RUN-decoder" --vae-only              # → bundled/sd/vae, bundled/ip2p/vae
+# Sessions 31–34 (shipped in session 34): the long continuation from the session-24 bundle (commit 9b4f3f3) on a
+# 70,000-step cosine, stopped and resumed across sessions, snapshotted at its step 34,030 (UNet step 107,048).
+# Rerunning with --steps 70000 trains on to the schedule's end; the shipped snapshot is the EMA at step 34,030.
+BASE73K=${BASE73K:-/tmp/pairedit-base73k}   # git archive 9b4f3f3 src/pairedit/bundled | tar -x -C "$BASE73K"
+accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m pairedit.cli \
+    train ip2p --run "$RUN-long" --seed 0 --threads 1 --batch-size 32 --steps 70000 --lr 9.2e-5 --mixed-precision bf16 \
+    --n-pairs 60000 --binding-pairs 60000 --compound-pairs 30000 --train-text-encoder \
+    --base "$BASE73K/src/pairedit/bundled/ip2p"               # interrupted (Ctrl-C) at step 34,030
+pairedit train snapshot --of ip2p --run "$RUN-long"
+pairedit train export --run "$RUN-long" --unet-only --of ip2p      # UNet and its text encoder → bundled/ip2p
+# CLIP refitted to that tower from the session-24 bundle's CLIP (which the export above leaves in place), and the
+# text-to-image UNet fine-tuned on it, which the tower's drift made necessary (R-precision 41% without).
+pairedit train clip --run "$RUN-clip34" --seed 0 --threads 1 --steps 1500 --lr 1e-4 \
+    --base src/pairedit/bundled/clip --text-tower src/pairedit/bundled/ip2p/text_encoder
+pairedit train export --run "$RUN-clip34" --clip-only             # CLIP → bundled/clip, its tower → sd/, ip2p/
+pairedit train t2i --run "$RUN-t2i34" --seed 0 --threads 1 --steps 600 --base src/pairedit/bundled/sd
+pairedit train export --run "$RUN-t2i34" --unet-only --of t2i      # → bundled/sd/unet
 pairedit train eval --models bundled --out docs/models_eval         # quality gates → docs/models.md
