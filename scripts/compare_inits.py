@@ -17,6 +17,9 @@ plus the paired McNemar test to a JSON file. It reuses eval_visii.py's direction
         --reuse docs/visii/bank_seed1.json --out docs/visii/words_seed1.json
     # the bank init against the same with its words swapped (the bank row learns from the swap run's bank pick)
     OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants bank bank-swap --shard 0/2 --out E.json
+    # the bank init against the same with its pick and the pick's one-word swaps ranked by their finished edits
+    OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 2 --variants bank bank-outcome \
+        --reuse docs/visii/words_bank_seed2.json --shard 0/2 --out F.json                 # and 1/2 → G.json
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ VARIANTS = {
     "search-3x-steps": ("search", {"steps_times": 3}),  # 3× the learning steps (3,000 for the paper's N = 1000)
     "bank": ("search", {"init": "bank"}),  # the best of the bundled model's training instructions (init="bank")
     "bank-swap": ("search", {"init": "bank", "bank_swap_words": True}),  # then its words swapped (swap_words)
+    # then the pick and its one-word swaps ranked by their finished edits of the example (outcome_instruction)
+    "bank-outcome": ("search", {"init": "bank", "bank_outcome_seeds": 2}),
     # no learning: InstructPix2Pix given the true instruction (first wording) on the same test images and seeds,
     # docs/visii.md §1's reference column; what a learned instruction is measured against
     "ip2p-words": (None, {}),

@@ -155,6 +155,40 @@ def test_bank_swap_records_the_trace_and_learns_as_from_its_text(tiny, pairs):
     again = _learn(tiny, pairs[:1], steps=2, init_text=inst.init_text, config=config)
     assert torch.equal(again.cond, inst.cond) and again.init_trace == []
 
+def test_outcome_instruction_keeps_the_text_whose_edits_come_nearest(tiny, pairs):
+    """The pick is the lowest mean pixel MSE of the texts' edits to the afters (over pairs and seeds), each score
+    what ip2p_edit gives with the config's seeds and guidance; the first text wins a tie."""
+    from pairedit.editing import ip2p_edit
+    from pairedit.images import fit
+    from pairedit.metrics import mse
+
+    pipe = tiny.ip2p
+    res = visii.model_resolution(pipe)
+    befores, afters = ([fit(im, res) for im in ims] for ims in zip(*pairs[:2]))
+    config = visii.VisiiConfig(bank_outcome_seeds=2, seed=3)
+    texts = ["make it red", "make it a watercolor painting", "make it red"]
+    best, scores = visii.outcome_instruction(pipe, befores, afters, texts, config)
+    want = [np.mean([mse(o, a) for s in (3, 4) for o, a in zip(ip2p_edit(pipe, befores, t, seed=s), afters)])
+            for t in texts[:2]]
+    assert scores[:2] == pytest.approx(want) and scores[2] == scores[0]
+    assert best == texts[int(np.argmin(scores))]
+    assert visii.outcome_instruction(pipe, befores, afters, ["a", "a"], config)[0] == "a"
+    assert visii.one_word_swaps("make it red", ["make it red", "make it blue", "turn it red"]) == [
+        "turn it red", "make it blue"]
+    with pytest.raises(UserError):
+        visii.VisiiConfig(bank_outcome_seeds=-1)
+
+
+def test_bank_outcome_records_the_trace(tiny, pairs):
+    """init="bank" with bank_outcome_seeds: init_trace is [bank pick, outcome pick], the learning starts from the
+    last, and the outcome pick is the pick or one of its one-word swaps."""
+    bank = ["make it a watercolor painting", "make it a sketch painting", "turn the circle red", "make it night"]
+    config = dict(init="bank", bank_outcome_seeds=1, bank_screen_samples=1, bank_keep=3, bank_rank_samples=2)
+    inst = _learn(tiny, pairs[:1], steps=2, init_text=None, bank=bank, config=config)
+    assert len(inst.init_trace) == 2 and inst.init_trace[0] in bank and inst.init_text == inst.init_trace[1]
+    assert inst.init_text in [inst.init_trace[0], *visii.one_word_swaps(inst.init_trace[0], bank)]
+
+
 def test_bank_without_a_file_is_a_user_error(tiny, pairs, tmp_path):
     from pairedit.models import instruction_bank
 
@@ -389,3 +423,18 @@ def test_bundled_learning_moves_toward_true_after():
     for test_before, test_after in ((load_image(p) for p in pair) for pair in tests):
         out = visii.apply(pipe, inst, [test_before])[0]
         assert mse(out, test_after) < mse(test_before, test_after)
+
+
+@requires_bundled
+def test_bundled_outcome_prefers_the_true_colour():
+    """On a held-out recolour example, the bundled model's edit with the true colour word comes nearer the
+    after-image than with another colour (the outcome score can tell what was done)."""
+    from pairedit.images import fit
+    from pairedit.models import load_ip2p
+
+    pipe = load_ip2p("bundled")
+    res = visii.model_resolution(pipe)
+    b, a = (fit(im, res) for im in world.direction_pairs(world.Edit("recolor_red", "circle"), 1, seed=0)[0].images())
+    texts = ["make the circle blue", "make the circle red"]
+    best, scores = visii.outcome_instruction(pipe, [b], [a], texts, visii.VisiiConfig(bank_outcome_seeds=1))
+    assert best == "make the circle red", scores

@@ -107,6 +107,12 @@ class VisiiConfig:
     # 56 (swap_any_seed1.json). Seed 2 (session 30, swap_seed2.json): 0.73 vs 0.72 (3 vs 2, p = 1.0), the right
     # object named in 0 of 8 object edits.
     bank_swap_words: bool = False
+    # init="bank": then edit the example's before-images with the pick and with each of its one-word swaps
+    # (``substitutes``), InstructPix2Pix sampling with this many seeds (20 steps, s_T, s_I), and keep the text whose
+    # edits come nearest the after-images in pixel MSE (``outcome_instruction``); 0: off. Not the paper's. Where the
+    # MSE term on noise predictions prefers a wrong or absent object word (docs/visii.md, sessions 27-30), the
+    # finished edit shows which object changed. Costs len(candidates) × seeds × pairs samplings (≈ 25 × 2 × 0.6 s).
+    bank_outcome_seeds: int = 0
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
     # Measured on the bundled world (docs/visii.md §4, 14 held-out directions, both noises, caption init):
@@ -125,6 +131,8 @@ class VisiiConfig:
                self.bank_screen_samples, self.bank_keep, self.bank_rank_samples) < 1:
             raise UserError("search_steps, search_batch, search_score_samples, search_tokens, bank_screen_samples, "
                             "bank_keep and bank_rank_samples must be ≥ 1")
+        if self.bank_outcome_seeds < 0:
+            raise UserError(f"bank_outcome_seeds must be ≥ 0, got {self.bank_outcome_seeds}")
         if self.steps < 0 or self.lr <= 0 or self.caption_tokens < 1:
             raise UserError(f"need steps ≥ 0, lr > 0 and caption_tokens ≥ 1 (got steps={self.steps}, lr={self.lr}, "
                             f"caption_tokens={self.caption_tokens})")
@@ -398,6 +406,35 @@ def swap_words(pipe, z_x: Sequence[torch.Tensor], z_y: Sequence[torch.Tensor], t
     return swapped(chosen)
 
 
+def outcome_instruction(pipe, befores: Sequence[Image.Image], afters: Sequence[Image.Image], texts: Sequence[str],
+                        config: VisiiConfig, progress: bool = False) -> tuple[str, list[float]]:
+    """The text of ``texts`` whose InstructPix2Pix edits of the befores come nearest the afters, and every text's
+    score (pixel MSE, mean over pairs and ``config.bank_outcome_seeds`` sampling seeds); the first text wins ties.
+
+    Scores the finished edit rather than noise predictions: a text that names an object the example did not
+    change, or none of its objects, makes the model edit the wrong one, which the edited image shows.
+    """
+    from tqdm.auto import tqdm
+
+    from .editing import ip2p_edit
+    from .metrics import mse
+
+    scores = []
+    for text in tqdm(texts, desc="instruction outcomes", leave=False, disable=not progress):
+        errors = [mse(out, after)
+                  for s in range(config.bank_outcome_seeds)
+                  for out, after in zip(ip2p_edit(pipe, list(befores), text, s_text=config.s_text,
+                                                  s_image=config.s_image, seed=config.seed + s), afters)]
+        scores.append(sum(errors) / len(errors))
+    return texts[min(range(len(texts)), key=scores.__getitem__)], scores
+
+
+def one_word_swaps(text: str, bank: Sequence[str]) -> list[str]:
+    """``text`` with one word swapped for one of its ``substitutes`` in ``bank``, every way."""
+    words = text.split()
+    return [" ".join(words[:i] + [w] + words[i + 1:]) for i, ws in enumerate(substitutes(text, bank)) for w in ws]
+
+
 def hybrid_conditioning(pipe, instruction: LearnedInstruction, prompt: str) -> torch.Tensor:
     """The learned ``<ins>`` tokens followed by the user's words (VISII Fig. 4b).
 
@@ -565,6 +602,10 @@ def learn(pipe, clip, processor, pairs: Sequence[tuple[Image.Image, Image.Image]
             if config.bank_swap_words:
                 g_swap = torch.Generator().manual_seed(config.seed + 2)
                 init_text = swap_words(pipe, z_x, z_y, init_text, bank, config, g_swap, progress=progress)
+                init_trace.append(init_text)
+            if config.bank_outcome_seeds:
+                init_text, _ = outcome_instruction(pipe, befores, afters, [init_text, *one_word_swaps(init_text, bank)],
+                                                   config, progress=progress)
                 init_trace.append(init_text)
         elif init_text is None:
             init_text = search_instruction(pipe, clip, z_x, z_y, delta, config, progress=progress)
