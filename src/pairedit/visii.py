@@ -112,6 +112,9 @@ class VisiiConfig:
     # edits come nearest the after-images in pixel MSE (``outcome_instruction``); 0: off. Not the paper's. Where the
     # MSE term on noise predictions prefers a wrong or absent object word (docs/visii.md, sessions 27-30), the
     # finished edit shows which object changed. Costs len(candidates) × seeds × pairs samplings (≈ 25 × 2 × 0.6 s).
+    # Off: with 2 seeds, on 9 of seed 2's fresh directions (compare_inits.py --variants bank bank-outcome,
+    # docs/visii/outcome_seed2_partial.json) 0.75 vs the plain bank's 0.69 (6 vs 2 flipped, p = 0.29), the right
+    # object named in 1 of 6 held-out object edits; verb swaps like "shrink the diamond a circle" elsewhere.
     bank_outcome_seeds: int = 0
     # "conditional": Eq. 2 on the conditional prediction ε_θ(z_yt, t, c_T, z_x), as in the paper.
     # "guided": the reference implementation's loss on the two-scale guided prediction.
