@@ -155,6 +155,7 @@ def test_bank_swap_records_the_trace_and_learns_as_from_its_text(tiny, pairs):
     again = _learn(tiny, pairs[:1], steps=2, init_text=inst.init_text, config=config)
     assert torch.equal(again.cond, inst.cond) and again.init_trace == []
 
+
 def test_outcome_instruction_keeps_the_text_whose_edits_come_nearest(tiny, pairs):
     """The pick is the lowest mean pixel MSE of the texts' edits to the afters (over pairs and seeds), each score
     what ip2p_edit gives with the config's seeds and guidance; the first text wins a tie."""
