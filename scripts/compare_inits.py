@@ -15,6 +15,12 @@ plus the paired McNemar test to a JSON file. It reuses eval_visii.py's direction
     # a variant against what the model does with the true words (docs/visii/words_seed1.json)
     OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants ip2p-words bank \\
         --reuse docs/visii/bank_seed1.json --out docs/visii/words_seed1.json
+    # the bank of every wording of the world (world.all_instructions) against IP2P given the true words, and against
+    # the training bank (the rows of the "bank" variant computed when the bundled bank held those: session 36)
+    OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants bank-language ip2p-words \
+        --reuse docs/visii/words_bank_seed1.json --out H.json
+    python scripts/compare_inits.py --merge docs/visii/words_bank_seed1.json H.json --variants bank bank-language \
+        --out docs/visii/language_vs_training_bank_seed1.json
     # the bank init against the same with its words swapped (the bank row learns from the swap run's bank pick)
     OMP_NUM_THREADS=1 python scripts/compare_inits.py --seed 1 --variants bank bank-swap --shard 0/2 --out E.json
     # the bank init against the same with its pick and the pick's one-word swaps ranked by their finished edits
@@ -42,6 +48,8 @@ VARIANTS = {
     "search": ("search", {}),
     "search-3x-steps": ("search", {"steps_times": 3}),  # 3× the learning steps (3,000 for the paper's N = 1000)
     "bank": ("search", {"init": "bank"}),  # the best of the bundled model's training instructions (init="bank")
+    # the same with a bank of every wording of the world (world.all_instructions), held-out combinations included
+    "bank-language": ("search", {"init": "bank", "bank": "language"}),
     "bank-swap": ("search", {"init": "bank", "bank_swap_words": True}),  # then its words swapped (swap_words)
     # then the pick and its one-word swaps ranked by their finished edits of the example (outcome_instruction)
     "bank-outcome": ("search", {"init": "bank", "bank_outcome_seeds": 2}),
@@ -52,10 +60,17 @@ VARIANTS = {
 
 
 def overrides(config, change: dict) -> dict:
-    """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps; other keys
-    are fields)."""
-    fields = {k: v for k, v in change.items() if k != "steps_times"}
+    """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps; ``bank``: which
+    instruction bank, see ``bank_of``; other keys are fields)."""
+    fields = {k: v for k, v in change.items() if k not in ("steps_times", "bank")}
     return {**fields, "steps": config.steps * change["steps_times"]} if "steps_times" in change else fields
+
+
+def bank_of(change: dict) -> list[str] | None:
+    """The instruction bank a variant learns with: None for the model's own (instructions.txt)."""
+    from pairedit import world
+
+    return world.all_instructions() if change.get("bank") == "language" else None
 
 
 def directions(seed: int, eval_args: list[str]) -> list:
@@ -86,7 +101,7 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
                 inst, text = None, d.instruction
             else:
                 unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
-                inst = ctx.learn(unit, init_text=bank_pick if name == "bank" else None,
+                inst = ctx.learn(unit, init_text=bank_pick if name == "bank" else None, bank=bank_of(change),
                                  **overrides(ctx.config(unit), change))
                 text = inst.init_text
                 if name == "bank-swap":

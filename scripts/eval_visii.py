@@ -203,6 +203,8 @@ class Context:
         if unit.loss_on:  # the VISII settings, without those of an init the unit does not use
             config = asdict(self.config(unit))
             desc["visii"] = {k: v for k, v in config.items() if config["init"] == "bank" or not k.startswith("bank_")}
+            if config["init"] == "bank":  # the bank's contents shape the pick
+                desc["bank"] = key_of(models.instruction_bank(self.names.ip2p))
         if unit.section == "hybrid":
             desc["words"] = hybrid_words()
         if unit.section == "drawing":  # its records hold shares at this blur too (older ones do not)
@@ -227,15 +229,15 @@ class Context:
 
     # -- work ----------------------------------------------------------------------------------
 
-    def learn(self, unit: Unit, init_text: str | None = None, **overrides):
-        """The unit's learned instruction; ``init_text`` and ``overrides`` (fields of its VisiiConfig) are for
-        compare_inits.py."""
+    def learn(self, unit: Unit, init_text: str | None = None, bank: list[str] | None = None, **overrides):
+        """The unit's learned instruction; ``init_text``, ``bank`` (else the model's) and ``overrides`` (fields of
+        its VisiiConfig) are for compare_inits.py."""
         from pairedit.visii import learn
 
         words = unit.direction.instruction if (unit.section, unit.method) == EDIT_UNITS["words"] else init_text
         config = replace(self.config(unit), **overrides)
         return learn(self.pipe, self.clip, self.processor, [unit.direction.examples[0].images()], config,
-                     init_text=words, model_id=self.names.ip2p, clip_id=self.names.clip, progress=False)
+                     init_text=words, model_id=self.names.ip2p, clip_id=self.names.clip, bank=bank, progress=False)
 
     def visii(self, inst, d: Direction, t: int, noise: str = "fixed", prompt: str | None = None):
         from pairedit.visii import apply
@@ -567,11 +569,13 @@ def section_init(records: list[dict]) -> list[str]:
              "**search**: `VisiiConfig.init = \"search\"`, PEZ's projected-gradient search over whole-word tokens "
              "(the search steps are in the sizes above) scored by VISII's MSE term on the example pair instead of by "
              "CLIP. **bank**: `VisiiConfig.init = \"bank\"`, the instruction of the bundled model's instruction bank "
-             f"(`instructions.txt`: the {len(world.training_instructions())} wordings of the world's training edits, "
-             "`world.training_instructions`) that scores best on the same MSE term. The held-out (edit, shape) "
-             "combinations are not in it, so for the object edits here (recolor, replace, remove, resize) it never "
-             "holds the true wording; for add, background and style directions (training edits on held-out scenes) "
-             "it does, as a real model's training set holds its common instructions.", ""]
+             f"(`instructions.txt`: the {len(world.all_instructions())} wordings of every edit of the world, "
+             "`world.all_instructions`) that scores best on the same MSE term. It holds the wordings of the held-out "
+             f"(edit, shape) combinations too ({len(world.all_instructions()) - len(world.training_instructions())} "
+             "of them), which no model trained on: the init is a search over what a user of this world could say, "
+             "and for every direction here the bank holds its true wordings among the others. (Until session 36 "
+             "the bank held the training wordings only, so it never held the true wording of an object edit here; "
+             "the pick then often named the wrong shape.)", ""]
     names = {"caption": "caption (paper)", "words": "user's words", "search": "search", "bank": "bank"}
     variants = [(names[i] + (" (default)" if i == DEFAULT_INIT else ""), i)
                 for i in ("caption", "words", "search", "bank")]

@@ -185,3 +185,22 @@ def test_style_tests_size_the_drawing_and_hybrid_sections(eval_visii):
         assert len(three.tests) == 3 and three.examples == two.examples and three.tests[:2] == two.tests
     hybrid = eval_visii.hybrid_direction(sizes)
     assert len(hybrid.tests) == 3 and hybrid.tests[:2] == eval_visii.hybrid_direction(fewer).tests
+
+
+def test_bank_units_are_keyed_by_the_bank(eval_visii, bundle, tmp_path):
+    """A changed instruction bank reruns the bank-init units (their pick depends on it) and no other unit."""
+    import shutil
+
+    other = tmp_path / "bundle"
+    shutil.copytree(bundle, other)
+    bank_file = other / "ip2p" / "instructions.txt"
+    bank_file.write_text(bank_file.read_text() + "make the circle purple\n")
+    keys = []
+    for root in (bundle, other):
+        args = eval_visii.parse_args(tiny_argv(root, tmp_path))
+        sizes = eval_visii.sizes_of(args)
+        ctx = eval_visii.Context(args, sizes)
+        keys.append({(u.section, u.method, u.direction.key, u.loss_on): ctx.key(u) for u in eval_visii.make_units(sizes)})
+    changed = {k for k in keys[0] if keys[0][k] != keys[1][k]}
+    assert changed and all(method.endswith("bank") for _, method, _, _ in changed)
+    assert changed == {k for k in keys[0] if k[1].endswith("bank")}

@@ -203,16 +203,18 @@ def test_bank_without_a_file_is_a_user_error(tiny, pairs, tmp_path):
 
 
 @requires_bundled
-def test_bundled_bank_is_the_training_instructions():
-    """The shipped instructions.txt is world.training_instructions(): no held-out combination's wording."""
+def test_bundled_bank_is_every_instruction_of_the_world():
+    """The shipped instructions.txt is world.all_instructions(): the training wordings and those of the held-out
+    (edit, shape) combinations, which world.training_instructions() leaves out."""
     from pairedit.models import instruction_bank
 
     bank = instruction_bank("bundled")
-    assert bank == world.training_instructions() and len(bank) > 500
-    heldout = [world.Edit(et, s) for et, spec in world.EDIT_TYPES.items() if spec.needs_target for s in world.SHAPES
-               if not world.replaces_with_itself(et, s)]
-    heldout = [e for e in heldout if world.is_heldout_combo(e)]
-    assert heldout and not {e.instruction(wording=k) for e in heldout for k in range(3)} & set(bank)
+    assert bank == world.all_instructions()
+    heldout = {world.Edit(et, s).instruction(wording=k) for et, spec in world.EDIT_TYPES.items() if spec.needs_target
+               for s in world.SHAPES if not world.replaces_with_itself(et, s) and world.is_heldout_combo(world.Edit(et, s))
+               for k in range(len(spec.wordings))}
+    training = set(world.training_instructions())
+    assert "remove the square" in heldout and set(bank) - training == heldout and training < set(bank)
 
 
 def test_pez_optimize_returns_the_best_scored_prompt(tiny):

@@ -274,7 +274,7 @@ BANK_FILE = "instructions.txt"  # one instruction per line, next to model_index.
 
 def instruction_bank(name: str, path: str | os.PathLike | None = None) -> list[str]:
     """Known instructions for VISII's ``init="bank"``: the lines of ``path``, else of the model folder's
-    ``instructions.txt`` (the bundled InstructPix2Pix ships the world's training instructions)."""
+    ``instructions.txt`` (the bundled InstructPix2Pix ships every instruction of its world, ``world.all_instructions``)."""
     if path is None:
         try:
             folder = Path(resolve(name, "ip2p"))

@@ -785,10 +785,22 @@ def direction_pairs(edit: Edit, n: int, seed: int, split: str = "test") -> list[
 def training_instructions() -> list[str]:
     """Every wording of every edit that models train on (held-out combinations left out), sorted.
 
-    The bundled InstructPix2Pix's instruction bank (``instructions.txt``, VISII ``init="bank"``): the
-    counterpart of the instructions of a real checkpoint's training set. A held-out direction's own
+    The counterpart of the instructions of a real checkpoint's training set: a held-out direction's own
     wordings are not in it when its (edit, shape) combination is held out.
     """
+    return _wordings(heldout=False)
+
+
+def all_instructions() -> list[str]:
+    """Every wording of every edit the world has, held-out (edit, shape) combinations included, sorted.
+
+    The instructions a user of the world could type, for VISII's ``init="bank"``; unlike
+    ``training_instructions`` it holds the wordings of edits no model trained on.
+    """
+    return _wordings(heldout=True)
+
+
+def _wordings(heldout: bool) -> list[str]:
     out = set()
     for et, spec in EDIT_TYPES.items():
         values = [f"{s}:{c}" for s in SHAPES for c in COLORS] if et == "add" else [None]
@@ -797,7 +809,7 @@ def training_instructions() -> list[str]:
                 if replaces_with_itself(et, target):
                     continue
                 edit = Edit(et, target, value)
-                if not is_heldout_combo(edit):
+                if heldout or not is_heldout_combo(edit):
                     out.update(edit.instruction(wording=k) for k in range(len(spec.wordings)))
     return sorted(out)
 

@@ -758,8 +758,8 @@ def export_bundle(run: Path, dest: Path = models.BUNDLED_DIR, dtype: torch.dtype
         parts = common if own_encoder is None else dict(common, text_encoder=own_encoder)
         pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, unet=unet, scheduler=scheduler, **parts)
         pipe.save_pretrained(dest / "ip2p")
-        # The instructions it trained on (held-out combinations excluded): VISII's init="bank".
-        (dest / "ip2p" / models.BANK_FILE).write_text("\n".join(world.training_instructions()) + "\n")
+        # Every instruction of the world (held-out combinations included): VISII's init="bank".
+        (dest / "ip2p" / models.BANK_FILE).write_text("\n".join(world.all_instructions()) + "\n")
     for stage, folder in models.UNET_FOLDER.items():  # how long each UNet trained, for reports
         trained = Path(run) / stage / "final" / "trained.json"
         if folder in stages and trained.exists():
