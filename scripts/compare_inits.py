@@ -50,6 +50,11 @@ VARIANTS = {
     "bank": ("search", {"init": "bank"}),  # the best of the bundled model's training instructions (init="bank")
     # the same with a bank of every wording of the world (world.all_instructions), held-out combinations included
     "bank-language": ("search", {"init": "bank", "bank": "language"}),
+    # the same applied with random noise (§5 "Noises": the paper's other option), learnt for 250 steps, or both: the
+    # session-36 lead on seeds 1-2 (docs/visii/session36/noise_steps.py), rechecked on fresh seeds in session 37
+    "bank-language-random": ("search", {"init": "bank", "bank": "language", "noise": "random"}),
+    "bank-language-250": ("search", {"init": "bank", "bank": "language", "steps": 250}),
+    "bank-language-250-random": ("search", {"init": "bank", "bank": "language", "steps": 250, "noise": "random"}),
     "bank-swap": ("search", {"init": "bank", "bank_swap_words": True}),  # then its words swapped (swap_words)
     # then the pick and its one-word swaps ranked by their finished edits of the example (outcome_instruction)
     "bank-outcome": ("search", {"init": "bank", "bank_outcome_seeds": 2}),
@@ -61,8 +66,8 @@ VARIANTS = {
 
 def overrides(config, change: dict) -> dict:
     """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps; ``bank``: which
-    instruction bank, see ``bank_of``; other keys are fields)."""
-    fields = {k: v for k, v in change.items() if k not in ("steps_times", "bank")}
+    instruction bank, see ``bank_of``; ``noise``: how to apply, see ``noise_of``; other keys are fields)."""
+    fields = {k: v for k, v in change.items() if k not in ("steps_times", "bank", "noise")}
     return {**fields, "steps": config.steps * change["steps_times"]} if "steps_times" in change else fields
 
 
@@ -71,6 +76,23 @@ def bank_of(change: dict) -> list[str] | None:
     from pairedit import world
 
     return world.all_instructions() if change.get("bank") == "language" else None
+
+
+def noise_of(change: dict) -> str:
+    """The noise a variant applies its instruction with: the recorded one ("fixed", the default) or "random"."""
+    return change.get("noise", "fixed")
+
+
+def bank_key(change: dict) -> str | None:
+    """Variants that rank the same bank the same way share its pick (None: the variant ranks no bank)."""
+    return str(change.get("bank")) if change.get("init") == "bank" else None
+
+
+def plain_bank(change: dict) -> bool:
+    """A bank variant that learns from the bank's pick as it is (no swaps, no outcome ranking): it can start from
+    another variant's pick of the same bank (init_text = the pick; the same learning seed, so the same
+    instruction as ranking the bank again) instead of ranking the bank a second time."""
+    return bank_key(change) is not None and not change.get("bank_swap_words") and not change.get("bank_outcome_seeds")
 
 
 def directions(seed: int, eval_args: list[str]) -> list:
@@ -87,11 +109,11 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
     args = ev.parse_args(["--tests", "8", *eval_args, "--seed", str(seed)])
     ctx = ev.Context(args, ev.sizes_of(args))
     rows = []
-    # "bank-swap" first: its bank pick (init_trace[0]) is the "bank" variant's, which then learns from it with
-    # init_text (the same learning seed: the same instruction) instead of ranking the bank a second time
-    order = sorted(variants, key=lambda v: v != "bank-swap")
+    # variants that swap or rerank the bank's pick first: their pick (init_trace[0]) is also the plain variants'
+    order = sorted(variants, key=lambda v: plain_bank(VARIANTS[v][1]))
     for d in directions(seed, eval_args)[shard[0]::shard[1]]:
-        bank_pick = None
+        picks = {}  # bank_key: the bank's pick on this direction
+        learned = {}  # variants that differ only in how they apply share the learned instruction
         for name in order:
             if (d.key, name) in done:
                 continue
@@ -101,14 +123,20 @@ def run(seed: int, shard: tuple[int, int], eval_args: list[str], variants: tuple
                 inst, text = None, d.instruction
             else:
                 unit = ev.Unit(*ev.EDIT_UNITS[init], d, ev.DEFAULT_LOSS)
-                inst = ctx.learn(unit, init_text=bank_pick if name == "bank" else None, bank=bank_of(change),
-                                 **overrides(ctx.config(unit), change))
+                pick = picks.get(bank_key(change)) if plain_bank(change) else None
+                fields = overrides(ctx.config(unit), change)
+                same = json.dumps([init, bank_key(change), fields], sort_keys=True)
+                inst = learned.get((same, pick)) if plain_bank(change) else None
+                if inst is None:
+                    inst = ctx.learn(unit, init_text=pick, bank=bank_of(change), **fields)
                 text = inst.init_text
-                if name == "bank-swap":
-                    bank_pick = inst.init_trace[0]
+                if bank_key(change) is not None:  # the bank's pick (the init text when it was given)
+                    picks.setdefault(bank_key(change), (inst.init_trace or [text])[0])
+                if plain_bank(change):
+                    learned[same, text] = inst
             success = []
             for t in range(len(d.tests)):
-                out = ctx.ip2p(d, t, text) if inst is None else ctx.visii(inst, d, t, "fixed")
+                out = ctx.ip2p(d, t, text) if inst is None else ctx.visii(inst, d, t, noise_of(change))
                 before, after = (fit(im, out.width) for im in d.tests[t].images())
                 success.append(metrics.edit_success(before, out, after))
             rows.append({"direction": d.key, "edit": d.edit.name, "category": d.edit.category, "init": name,
@@ -169,15 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="Other options (--model, --steps, --tests, ...) go to eval_visii.py's parser.")
     p.add_argument("--seed", type=int, default=1, help="seed of the directions (default: %(default)s)")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="directions I, I+N, ... (default: all)")
-    p.add_argument("--variants", nargs=2, default=["caption", "search"], choices=sorted(VARIANTS), metavar="NAME",
-                   help=f"the two variants to compare, of {', '.join(VARIANTS)} (default: caption search); "
-                        "ip2p-words is InstructPix2Pix given the true instruction, with no learning")
+    p.add_argument("--variants", nargs="+", default=["caption", "search"], choices=sorted(VARIANTS), metavar="NAME",
+                   help=f"two or more variants to compare, of {', '.join(VARIANTS)} (default: caption search); the "
+                        "first two are the summary, each other is also compared with the first; ip2p-words is "
+                        "InstructPix2Pix given the true instruction, with no learning")
     p.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
                    help="earlier outputs on the same seed: their rows are kept and not computed again")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier outputs (e.g. shards) instead of computing")
     p.add_argument("--out", required=True, help="JSON file to write")
     args, eval_args = p.parse_known_args(argv)
-    variants = tuple(args.variants)
+    variants = tuple(dict.fromkeys(args.variants))
+    if len(variants) < 2:
+        p.error("--variants needs two different names")
     if args.merge:
         rows, seed = read_rows(args.merge)
     else:
@@ -195,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = annotate([r for r in rows if r["init"] in variants], seed, eval_args)
     true_inits = {v: sum(r["init_is_a_true_wording"] for r in rows if r["init"] == v) for v in variants}
     result = {"seed": seed, "variants": list(variants), "configs": {v: VARIANTS[v][1] for v in variants},
-              "summary": summary(rows, variants),
-              "summary_heldout_combos": summary([r for r in rows if r["heldout_combo"]], variants),
+              "summary": summary(rows, variants[:2]),
+              "summary_heldout_combos": summary([r for r in rows if r["heldout_combo"]], variants[:2]),
+              "summaries": {f"{v} vs {variants[0]}": summary(rows, (variants[0], v)) for v in variants[1:]},
               "init_is_a_true_wording": true_inits, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"]))

@@ -305,6 +305,42 @@ def test_compare_inits_bank_learns_from_the_bank_swap_runs_pick(tiny_bundle, tmp
                                     "--tests", "1", "--steps", "2", "--sample-steps", "2"], ("bank",))
     assert [(r["init_text"], r["success"]) for r in alone] == [(rows["bank"]["init_text"], rows["bank"]["success"])]
 
+def test_compare_inits_variants_that_differ_in_applying_share_one_learning(tiny_bundle, tmp_path, monkeypatch):
+    """Three or more variants: the plain bank variants rank the bank once, and those that differ only in the apply
+    noise share one learned instruction; each other variant is also summarised against the first."""
+    from pairedit import world
+    from pairedit.visii import VisiiConfig
+
+    compare = load_script("compare_inits")
+    bank = world.all_instructions()[::40]
+    monkeypatch.setattr(compare, "bank_of", lambda change: bank if change.get("bank") == "language" else None)
+    monkeypatch.setitem(compare.VARIANTS, "bank-language-250", ("search", {"init": "bank", "bank": "language",
+                                                                           "steps": 3}))
+    learns, noises = [], []
+    learn, visii = compare.ev.Context.learn, compare.ev.Context.visii
+    monkeypatch.setattr(compare.ev.Context, "learn",
+                        lambda self, unit, **kw: learns.append(kw) or learn(self, unit, **kw))
+    monkeypatch.setattr(compare.ev.Context, "visii", lambda self, inst, d, t, noise="fixed", **kw:
+                        noises.append(noise) or visii(self, inst, d, t, noise, **kw))
+    out = tmp_path / "noise.json"
+    variants = ["bank-language", "bank-language-random", "bank-language-250"]
+    assert compare.main(["--seed", "1", "--model", str(tiny_bundle), "--categories", "recolor",
+                         "--directions-per-category", "1", "--tests", "2", "--steps", "2", "--sample-steps", "2",
+                         "--variants", *variants, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["init"]: r for r in result["rows"]}
+    pick = rows["bank-language"]["init_text"]
+    assert pick in bank and all(rows[v]["init_text"] == pick for v in variants)
+    # one ranking of the bank and 2 learning steps, then the 3-step learning from its pick; nothing else
+    assert [(kw["init_text"], kw.get("steps")) for kw in learns] == [(None, None), (pick, 3)]
+    assert noises == ["fixed"] * 2 + ["random"] * 2 + ["fixed"] * 2
+    assert set(result["summaries"]) == {f"{v} vs bank-language" for v in variants[1:]}
+    assert result["summary"] == result["summaries"]["bank-language-random vs bank-language"]
+    assert compare.overrides(VisiiConfig(), compare.VARIANTS["bank-language-250-random"][1]) == {"init": "bank",
+                                                                                                "steps": 250}
+    assert compare.noise_of(compare.VARIANTS["bank-language-250-random"][1]) == "random"
+
+
 def test_diagnose_visii_ranks_the_true_shape_word_among_its_swaps(model_dirs, tmp_path):
     """scripts/diagnose_visii.py: every shape-swapped wording of an object edit scored three ways, the true rank kept."""
     diag = load_script("diagnose_visii")
