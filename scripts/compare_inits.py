@@ -67,8 +67,13 @@ VARIANTS = {
 def overrides(config, change: dict) -> dict:
     """VisiiConfig fields for a variant's change (``steps_times``: a multiple of the learning steps; ``bank``: which
     instruction bank, see ``bank_of``; ``noise``: how to apply, see ``noise_of``; other keys are fields)."""
+    from pairedit.visii import default_steps
+
     fields = {k: v for k, v in change.items() if k not in ("steps_times", "bank", "noise")}
-    return {**fields, "steps": config.steps * change["steps_times"]} if "steps_times" in change else fields
+    if "steps_times" not in change:
+        return fields
+    steps = default_steps(from_bank=change.get("init") == "bank") if config.steps is None else config.steps
+    return {**fields, "steps": steps * change["steps_times"]}
 
 
 def bank_of(change: dict) -> list[str] | None:

@@ -9,7 +9,7 @@ Every edit is learned from ONE example pair (caption-initialised, VisiiConfig de
 ``--tests`` new held-out images; InstructPix2Pix (IP2P) edits the same images with the same seeds.
 
 1. Edit success per category: held-out directions (``bench.suite.make_directions``, round-robin over the
-   categories: ``--directions-per-category`` each); VISII (library default ``loss_on``, fixed noise) vs IP2P
+   categories: ``--directions-per-category`` each); VISII (library defaults: init, ``loss_on``, noise) vs IP2P
    with the true instruction. Edit success = output nearer the true after-image than the input is (pixel
    MSE, ``metrics.edit_success``); PSNR to the true after-image.
 2. Ambiguous drawing styles (VISII Fig. 6): one example pair per drawing style; share of outputs whose
@@ -57,7 +57,7 @@ from pairedit.bench.run import resolve_models
 from pairedit.bench.suite import Direction, Suite, make_directions, select_edits, shard_of, stable_int
 from pairedit.errors import UserError
 from pairedit.images import atomic_write, fit, grid, save_image
-from pairedit.visii import VisiiConfig
+from pairedit.visii import BANK_STEPS, DEFAULT_NOISE, PAPER_STEPS, VisiiConfig, default_steps
 
 LOSSES = ("conditional", "guided")
 NOISES = ("fixed", "random")
@@ -72,6 +72,14 @@ EDIT_UNITS = {"caption": ("edit", f"visii-{DEFAULT_LOSS}"), "words": ("init", "v
               "search": ("init", "visii-search"), "bank": ("init", "visii-bank")}
 DRAWING_UNITS = {"caption": "visii", "search": "visii-search", "bank": "visii-bank"}
 HYBRID_UNITS = {"caption": "visii-hybrid", "search": "visii-hybrid-search", "bank": "visii-hybrid-bank"}
+
+
+def unit_noise(init: str) -> str:
+    """The noise a one-pair VISII unit of §1-3 and §6 applies with: the library's (``visii.DEFAULT_NOISE``) for the
+    default init; the other inits keep the fixed noise they were measured with before session 37 (cached records)."""
+    return DEFAULT_NOISE if init == DEFAULT_INIT else "fixed"
+
+
 HYBRID_STYLE = world.Edit("style_watercolor")
 HYBRID_REPLACE = world.Edit("replace_star", target="circle")
 HYBRID_CANDIDATES = ("both", "style only", "replace only")
@@ -94,7 +102,7 @@ class Sizes:
     directions_per_category: int
     tests: int
     style_tests: int  # test images of §2's drawing-style directions and §3's hybrid: one learning run each, so cheap
-    steps: int  # VISII learning steps N
+    steps: int | None  # VISII learning steps N; None: the library's (visii.default_steps of the init)
     caption_steps: int  # PEZ steps of the caption initialisation
     search_steps: int  # PEZ steps of the search initialisation
     sample_steps: int  # sampling steps of VISII and IP2P
@@ -103,7 +111,8 @@ class Sizes:
 
     def suite(self) -> Suite:
         return Suite("eval-visii", directions=self.directions_per_category * len(self.categories), tests=self.tests,
-                     pairs=1, visii_steps=self.steps, caption_steps=self.caption_steps, sample_steps=self.sample_steps)
+                     pairs=1, visii_steps=PAPER_STEPS if self.steps is None else self.steps,
+                     caption_steps=self.caption_steps, sample_steps=self.sample_steps)
 
 
 @dataclass(frozen=True)
@@ -191,10 +200,15 @@ class Context:
         self.cache = Cache(args.cache)
 
     def config(self, unit: Unit) -> VisiiConfig:
-        return VisiiConfig(steps=self.sizes.steps, caption_steps=self.sizes.caption_steps,
+        init = next((i for i in ("search", "bank") if unit.method.endswith(f"-{i}")), "caption")
+        steps = default_steps(from_bank=init == "bank") if self.sizes.steps is None else self.sizes.steps
+        return VisiiConfig(steps=steps, caption_steps=self.sizes.caption_steps,
                            search_steps=self.sizes.search_steps, loss_on=unit.loss_on,
-                           seed=self.learn_seed(unit.direction),
-                           init=next((i for i in ("search", "bank") if unit.method.endswith(f"-{i}")), "caption"))
+                           seed=self.learn_seed(unit.direction), init=init)
+
+    def noise(self, unit: Unit) -> str:
+        """How the unit applies its learned instruction (§4-5's units apply both noises)."""
+        return unit_noise(self.config(unit).init)
 
     def key(self, unit: Unit) -> str:
         d = unit.direction
@@ -205,6 +219,8 @@ class Context:
             desc["visii"] = {k: v for k, v in config.items() if config["init"] == "bank" or not k.startswith("bank_")}
             if config["init"] == "bank":  # the bank's contents shape the pick
                 desc["bank"] = key_of(models.instruction_bank(self.names.ip2p))
+            if unit.section != "edit" and self.noise(unit) != "fixed":  # fixed-noise units keep their older keys
+                desc["noise"] = self.noise(unit)
         if unit.section == "hybrid":
             desc["words"] = hybrid_words()
         if unit.section == "drawing":  # its records hold shares at this blur too (older ones do not)
@@ -265,11 +281,12 @@ class Context:
         extra = {"init_text": inst.init_text, "final_loss": inst.losses[-1] if inst.losses else None}
         if unit.section == "edit":
             return [(t, noise, self.visii(inst, d, t, noise)) for noise in NOISES for t in range(n)], extra
+        noise = self.noise(unit)
         if unit.section in ("drawing", "init"):
-            return [(t, "fixed", self.visii(inst, d, t)) for t in range(n)], extra
+            return [(t, noise, self.visii(inst, d, t, noise)) for t in range(n)], extra
         replace, _ = hybrid_words()
-        return ([(t, "learned + words", self.visii(inst, d, t, prompt=replace)) for t in range(n)]
-                + [(t, "learned only", self.visii(inst, d, t)) for t in range(n)]), dict(extra, prompt=replace)
+        return ([(t, "learned + words", self.visii(inst, d, t, noise, prompt=replace)) for t in range(n)]
+                + [(t, "learned only", self.visii(inst, d, t, noise)) for t in range(n)]), dict(extra, prompt=replace)
 
     def score(self, unit: Unit, t: int, output) -> dict:
         d = unit.direction
@@ -402,22 +419,30 @@ def loss_comparison(records: list[dict]) -> dict:
 # Report
 
 
+def steps_phrase(sizes: Sizes, init: str | None = None) -> str:
+    """The learning steps of ``init``'s units (None: of all units) in words."""
+    if sizes.steps is not None or init is not None:
+        return f"learnt for {default_steps(from_bank=init == 'bank') if sizes.steps is None else sizes.steps} steps"
+    return f"learning steps {BANK_STEPS} from the bank's pick, else {PAPER_STEPS} (the library's, `visii.default_steps`)"
+
+
 def table(header: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(map(str, row)) + " |" for row in body)]
 
 
 def visii_rows(records: list[dict], init: str, **match) -> list[dict]:
-    """Per-image rows of the one-pair VISII units with c_T initialised by ``init`` (fixed noise)."""
+    """Per-image rows of the one-pair VISII units with c_T initialised by ``init`` (applied with ``unit_noise``)."""
     section, method = EDIT_UNITS[init]
-    return rows(records, section=section, method=method, variant="fixed", **match)
+    return rows(records, section=section, method=method, variant=unit_noise(init), **match)
 
 
 def section_edit(records: list[dict], sizes: Sizes) -> list[str]:
     lines = ["## 1. Edit success from one example pair, per category", "",
              f"VISII: learned from one example pair (init `{DEFAULT_INIT!r}` and `loss_on={DEFAULT_LOSS!r}`, the "
-             "library defaults; the paper's caption init and the others are compared in §6), applied with the "
-             "noises recorded while learning (fixed noise, `apply`'s default). "
+             f"library defaults; the paper's caption init and the others are compared in §6), "
+             f"{steps_phrase(sizes, DEFAULT_INIT)}, applied with {DEFAULT_NOISE} noise (`apply`'s default; fixed noise "
+             "reuses the noises recorded while learning, §5). "
              "InstructPix2Pix: the true instruction (the edit's first wording), random noise from the same seed "
              "VISII's random-noise run uses. Edit success: the output is nearer the true after-image than the "
              "input is (pixel MSE). PSNR to the true after-image (dB); \"input\" is the unedited test image's "
@@ -459,11 +484,13 @@ def section_drawing(records: list[dict]) -> list[str]:
                     and r["target_style"] == style]
 
         v, i = of(DRAWING_UNITS[DEFAULT_INIT]), of("ip2p-vague")
-        vs, is_ = mean_shares(v, "fixed", "shares_blurred"), mean_shares(i, "random", "shares_blurred")
-        others = [fmt(mean_shares(of(DRAWING_UNITS[o]), "fixed", "shares_blurred").get(style)) for o in other_inits]
+        noise = unit_noise(DEFAULT_INIT)
+        vs, is_ = mean_shares(v, noise, "shares_blurred"), mean_shares(i, "random", "shares_blurred")
+        others = [fmt(mean_shares(of(DRAWING_UNITS[o]), unit_noise(o), "shares_blurred").get(style))
+                  for o in other_inits]
         dist = ", ".join(f"{k} {x:.2f}" for k, x in vs.items())
         body.append([style, len(rows(v)), fmt(vs.get(style)), fmt(is_.get(style)), dist, *others,
-                     fmt(mean_shares(v, "fixed").get(style)), fmt(mean_shares(i, "random").get(style))])
+                     fmt(mean_shares(v, noise).get(style)), fmt(mean_shares(i, "random").get(style))])
     lines += table(["example style", "n", f"VISII reproduces (init `{DEFAULT_INIT}`)", "IP2P lands on it",
                     "VISII shares (all styles)", *(f"VISII, init `{o}`, reproduces" for o in other_inits),
                     f"VISII (init `{DEFAULT_INIT}`) reproduces, *pixels*", "IP2P lands on it, *pixels*"], body)
@@ -558,12 +585,14 @@ def section_noise(records: list[dict]) -> list[str]:
     return lines
 
 
-def section_init(records: list[dict]) -> list[str]:
+def section_init(records: list[dict], sizes: Sizes) -> list[str]:
     lines = ["## 6. Where c_T starts: the PEZ caption, the user's words, a search on VISII's loss, or a known "
              "instruction", "",
-             "Same directions, example pairs, learning seeds and test seeds as §1 (fixed noise); only the text c_T "
-             "starts from differs. **caption**: a PEZ caption of the after-image (the paper's init, App. C; §4 and §5 use "
-             "it). "
+             "Same directions, example pairs, learning seeds and test seeds as §1; the text c_T starts from differs, "
+             f"and with it the library's learning steps and noise: the bank init {steps_phrase(sizes, 'bank')} and "
+             f"applied with {unit_noise('bank')} noise (§1), the others {steps_phrase(sizes, 'caption')} and "
+             f"applied with {unit_noise('caption')} noise (the paper's N and its fixed noise, §5). "
+             "**caption**: a PEZ caption of the after-image (the paper's init, App. C; §4 and §5 use it). "
              "**user's words**: the true instruction (its first wording) as `--init-text`, as the paper's \"GT\" "
              "rows (Table 1) mimic a user's coarse input; InstructPix2Pix given the same words is §1's IP2P column. "
              "**search**: `VisiiConfig.init = \"search\"`, PEZ's projected-gradient search over whole-word tokens "
@@ -628,10 +657,10 @@ def grid_plan(records: list[dict]) -> list[tuple]:
     for r in records:
         if r["section"] == "edit" and r["method"] == "ip2p":
             section, method = EDIT_UNITS[DEFAULT_INIT]
-            plan.append((r["edit"], by[(section, r["direction"], method)], "fixed", r, "random", None))
+            plan.append((r["edit"], by[(section, r["direction"], method)], unit_noise(DEFAULT_INIT), r, "random", None))
         elif r["section"] == "drawing" and r["method"] == "ip2p-vague":
-            plan.append((r["edit"], by[("drawing", r["direction"], DRAWING_UNITS[DEFAULT_INIT])], "fixed", r, "random",
-                         None))
+            plan.append((r["edit"], by[("drawing", r["direction"], DRAWING_UNITS[DEFAULT_INIT])],
+                         unit_noise(DEFAULT_INIT), r, "random", None))
         elif r["section"] == "hybrid" and r["method"] == "ip2p":
             plan.append(("hybrid: +" + HYBRID_REPLACE.type.removeprefix("replace_"),
                          by[("hybrid", r["direction"], HYBRID_UNITS[DEFAULT_INIT])], "learned + words", r,
@@ -693,7 +722,7 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
         f"- Sizes: {n_edit} held-out directions ({sizes.directions_per_category} per category × "
         f"{len(sizes.categories)} categories: {', '.join(sizes.categories)}), 1 example pair and {sizes.tests} test "
         f"image(s) each; 3 drawing-style directions and 1 hybrid direction of {sizes.style_tests} test image(s); VISII "
-        f"{sizes.steps} learning steps (paper: 1000), PEZ caption init {sizes.caption_steps} steps, search init "
+        f"{steps_phrase(sizes)} (paper: {PAPER_STEPS}), PEZ caption init {sizes.caption_steps} steps, search init "
         f"{sizes.search_steps} steps; "
         f"{sizes.sample_steps} Euler-ancestral sampling steps, s_T = 7.5, s_I = 1.5; seed {sizes.seed}.",
         f"- Wall time of this invocation: {wall:.0f} s ({computed} of {len(records)} units computed, the rest read "
@@ -707,7 +736,7 @@ def write_report(out: Path, ctx: Context, sizes: Sizes, records: list[dict], dir
         *([*section_edit(records, sizes), ""] if "edit" in sizes.sections else []),
         *([*section_drawing(records), ""] if "drawing" in sizes.sections else []),
         *([*section_hybrid(records), ""] if "hybrid" in sizes.sections else []),
-        *([*section_loss(records, cmp), "", *section_noise(records), "", *section_init(records), ""]
+        *([*section_loss(records, cmp), "", *section_noise(records), "", *section_init(records, sizes), ""]
           if "edit" in sizes.sections else []),
         "## Examples", "",
         "Rows: each §1 direction, each drawing style (§2: IP2P got the vague instruction; true after = the example's "
@@ -731,7 +760,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip", default=None, help="CLIP for VISII's loss, the caption init and CLIP metrics (default: "
                    "the bundle's, else openai/clip-vit-large-patch14)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"VISII learning steps (default: {DEFAULTS['steps']}, the paper's; --quick: {QUICK['steps']})")
+                   help=f"VISII learning steps (default: the library's, {BANK_STEPS} from a bank pick, else the "
+                        f"paper's {PAPER_STEPS}; --quick: {QUICK['steps']})")
     p.add_argument("--caption-steps", type=int, default=None,
                    help=f"PEZ steps of the caption init (default: {DEFAULTS['caption_steps']}; --quick: "
                         f"{QUICK['caption_steps']})")
@@ -776,7 +806,7 @@ def sizes_of(args) -> Sizes:
     if unknown or not cats:
         raise UserError(f"unknown categories {unknown}; known: {', '.join(world.CATEGORIES)}")
     for k, v in values.items():
-        if v < 1:
+        if v is not None and v < 1:  # steps None: the library's
             raise UserError(f"--{k.replace('_', '-')} must be ≥ 1, got {v}")
     sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
     if not sections or set(sections) - set(SECTIONS):

@@ -146,7 +146,7 @@ def test_apply_bad_inputs(models, files, learned, tmp_path, capsys):
     _fails(capsys, ["apply", str(learned), files["text"], *base], "notes.txt")
     _fails(capsys, ["apply", str(learned), str(tmp_path / "nope.png"), *base], "nope.png")
     # A non-square image cannot reuse the recorded noises (one latent size) — and nothing is written.
-    _fails(capsys, ["apply", str(learned), files["test"], files["wide"], *base], "--noise random")
+    _fails(capsys, ["apply", str(learned), files["test"], files["wide"], *base, "--noise", "fixed"], "--noise random")
     assert not out.exists()
 
 

@@ -288,6 +288,29 @@ def test_resume_equivalence(tiny, pairs, tmp_path):
     assert np.allclose(straight.losses, resumed.losses)
 
 
+def test_auto_steps_are_fewer_from_a_bank_pick(tiny, pairs, tmp_path, monkeypatch):
+    """steps=None: BANK_STEPS when c_T starts from the bank's pick, else the paper's N; recorded in the config, and a
+    resumed bank run keeps its N."""
+    monkeypatch.setattr(visii, "BANK_STEPS", 2)
+    monkeypatch.setattr(visii, "PAPER_STEPS", 5)
+    assert visii.VisiiConfig().steps is None and visii.DEFAULT_NOISE == "random"
+    bank = ["make it a watercolor painting", "turn the circle red"]
+    fast = dict(init="bank", bank_screen_samples=2, bank_keep=2, bank_rank_samples=2)
+    from_bank = _learn(tiny, pairs[:1], steps=None, init_text=None, bank=bank, config=fast)
+    assert from_bank.config["steps"] == 2 and len(from_bank.losses) == 2
+    from_words = _learn(tiny, pairs[:1], steps=None)
+    assert from_words.config["steps"] == 5 and len(from_words.losses) == 5
+    ckpt = tmp_path / "bank.ckpt.safetensors"
+
+    def interrupt(step, loss):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _learn(tiny, pairs[:1], steps=None, init_text=None, bank=bank, config=fast, checkpoint=ckpt, callback=interrupt)
+    resumed = _learn(tiny, pairs[:1], steps=None, init_text=None, config=fast, resume=ckpt)
+    assert resumed.config["steps"] == 2 and torch.allclose(resumed.cond, from_bank.cond, atol=1e-6)
+
+
 def test_resume_refuses_other_pairs(tiny, pairs, tmp_path):
     ckpt = tmp_path / "c.safetensors"
 
@@ -349,8 +372,8 @@ def _arrays(images):
 
 def test_fixed_noise_apply_is_deterministic(tiny, pairs, learned):
     tests = [pairs[1][0], pairs[2][0]]
-    a = visii.apply(tiny.ip2p, learned, tests, steps=4, seed=0)
-    b = visii.apply(tiny.ip2p, learned, tests, steps=4, seed=123)  # seed is unused with fixed noise
+    a = visii.apply(tiny.ip2p, learned, tests, noise="fixed", steps=4, seed=0)
+    b = visii.apply(tiny.ip2p, learned, tests, noise="fixed", steps=4, seed=123)  # seed is unused with fixed noise
     assert len(a) == 2 and a[0].size == (32, 32)
     assert all(np.array_equal(x, y) for x, y in zip(_arrays(a), _arrays(b)))
 
@@ -388,7 +411,7 @@ def test_fixed_noise_refuses_other_aspect_ratio(tiny, learned):
 
     wide = Image.new("RGB", (64, 32), "white")
     with pytest.raises(UserError, match="--noise random"):
-        visii.apply(tiny.ip2p, learned, [wide], steps=2)
+        visii.apply(tiny.ip2p, learned, [wide], noise="fixed", steps=2)
     assert visii.apply(tiny.ip2p, learned, [wide], noise="random", steps=2)[0].size == (64, 32)
 
 
