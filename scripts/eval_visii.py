@@ -219,8 +219,9 @@ class Context:
             desc["visii"] = {k: v for k, v in config.items() if config["init"] == "bank" or not k.startswith("bank_")}
             if config["init"] == "bank":  # the bank's contents shape the pick
                 desc["bank"] = key_of(models.instruction_bank(self.names.ip2p))
-            if unit.section != "edit" and self.noise(unit) != "fixed":  # fixed-noise units keep their older keys
-                desc["noise"] = self.noise(unit)
+            noise = unit_noise(config["init"])  # as Context.noise, from the config already made
+            if unit.section != "edit" and noise != "fixed":  # fixed-noise units keep their older keys
+                desc["noise"] = noise
         if unit.section == "hybrid":
             desc["words"] = hybrid_words()
         if unit.section == "drawing":  # its records hold shares at this blur too (older ones do not)
